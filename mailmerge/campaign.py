@@ -1,0 +1,216 @@
+"""The campaign file: a TOML document describing one mail merge, loaded into typed settings.
+
+The file is the user's contract with the tool, so every key is validated (unknown keys are
+rejected, catching typos) and every error names the file, the key and what is expected. Paths in
+the file are relative to the file itself, so a campaign folder can be moved or checked in as a whole.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mailmerge.errors import ConfigError
+
+PUBLIC_AUTHORITY = "https://login.microsoftonline.com"
+PUBLIC_GRAPH = "https://graph.microsoft.com/v1.0"
+GRAPH_BATCH_LIMIT = 20
+MAILBOX_CONCURRENCY_LIMIT = 4
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CampaignSection(_Section):
+    name: Annotated[str, Field(min_length=1)]
+    database: str | None = None
+
+
+class SenderSection(_Section):
+    mailbox: str | None = None
+    mailboxes: list[str] = []
+    save_to_sent_items: bool = True
+
+    @model_validator(mode="after")
+    def _one_way_to_name_senders(self) -> SenderSection:
+        if not self.mailbox and not self.mailboxes:
+            raise ValueError('name the sending mailbox: mailbox = "news@contoso.com" (or mailboxes = [...])')
+        if self.mailbox and self.mailboxes:
+            raise ValueError("give either mailbox or mailboxes, not both")
+        senders = self.all_mailboxes
+        if len({m.lower() for m in senders}) != len(senders):
+            raise ValueError("mailboxes lists the same mailbox twice")
+        return self
+
+    @property
+    def all_mailboxes(self) -> list[str]:
+        return [self.mailbox] if self.mailbox else list(self.mailboxes)
+
+
+class RecipientsSection(_Section):
+    source: Annotated[str, Field(min_length=1)]
+    sheet: str | int | None = None
+    email: str = "email"
+    name: str | None = None
+    key: str | list[str] | None = None
+    encoding: str | None = None
+
+    @property
+    def key_columns(self) -> list[str]:
+        if self.key is None:
+            return [self.email]
+        return [self.key] if isinstance(self.key, str) else list(self.key)
+
+
+class MessageSection(_Section):
+    subject: Annotated[str, Field(min_length=1)]
+    html: str | None = None
+    text: str | None = None
+    importance: Literal["low", "normal", "high"] = "normal"
+
+    @model_validator(mode="after")
+    def _needs_a_body(self) -> MessageSection:
+        if not self.html and not self.text:
+            raise ValueError('give a body template: html = "...html.j2" and/or text = "...txt.j2"')
+        return self
+
+
+class AuthSection(_Section):
+    mode: Literal["client_credentials"] = "client_credentials"
+    tenant: Annotated[str, Field(min_length=1)]
+    client_id: Annotated[str, Field(min_length=1)]
+    client_secret_env: str | None = "MAILMERGE_CLIENT_SECRET"  # noqa: S105 - the name of a variable
+    authority: str = PUBLIC_AUTHORITY
+    ca_file: str | None = None
+
+    @field_validator("authority")
+    @classmethod
+    def _https_authority(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("the authority must be an https:// URL (msal refuses anything else)")
+        return value.rstrip("/")
+
+
+class GraphSection(_Section):
+    base_url: str = PUBLIC_GRAPH
+    ca_file: str | None = None
+    request_timeout: Annotated[float, Field(gt=0)] = 60.0
+
+    @field_validator("base_url")
+    @classmethod
+    def _https_graph(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("the Graph base URL must be an https:// URL")
+        return value.rstrip("/")
+
+
+class LimitsSection(_Section):
+    batch_size: Annotated[int, Field(ge=1, le=GRAPH_BATCH_LIMIT)] = GRAPH_BATCH_LIMIT
+    concurrency: Annotated[int, Field(ge=1, le=MAILBOX_CONCURRENCY_LIMIT)] = MAILBOX_CONCURRENCY_LIMIT
+    messages_per_minute: Annotated[float, Field(gt=0)] | None = 30
+    daily_recipients: Annotated[int, Field(ge=1)] | None = 10_000
+    max_attempts: Annotated[int, Field(ge=1)] = 8
+    reconcile_after_seconds: Annotated[float, Field(ge=0)] = 30.0
+    reconcile_grace_seconds: Annotated[float, Field(ge=0)] = 300.0
+
+
+class CampaignFile(_Section):
+    campaign: CampaignSection
+    sender: SenderSection
+    recipients: RecipientsSection
+    message: MessageSection
+    auth: AuthSection
+    graph: GraphSection = GraphSection()
+    limits: LimitsSection = LimitsSection()
+
+
+class Campaign:
+    """A loaded campaign: the validated settings plus the folder its relative paths start from."""
+
+    def __init__(self, settings: CampaignFile, path: Path) -> None:
+        self.settings = settings
+        self.path = path
+        self.folder = path.parent
+
+    @property
+    def name(self) -> str:
+        return self.settings.campaign.name
+
+    @property
+    def mailboxes(self) -> list[str]:
+        return self.settings.sender.all_mailboxes
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the campaign file, taken relative to the file's folder."""
+        candidate = Path(relative).expanduser()
+        return candidate if candidate.is_absolute() else (self.folder / candidate)
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy URL of the state database (default: ``<stem>.db`` beside the file)."""
+        database = self.settings.campaign.database
+        if database and "://" in database:
+            return database
+        path = self.resolve(database) if database else self.path.with_suffix(".db")
+        return f"sqlite:///{path.resolve()}"
+
+    def with_endpoints(self, *, authority: str, graph_base_url: str, ca_file: Path) -> Campaign:
+        """A copy pointed at other endpoints, as ``--sandbox`` and national clouds need."""
+        settings = self.settings.model_copy(
+            update={
+                "auth": self.settings.auth.model_copy(
+                    update={"authority": authority, "ca_file": str(ca_file)}
+                ),
+                "graph": self.settings.graph.model_copy(
+                    update={"base_url": graph_base_url, "ca_file": str(ca_file)}
+                ),
+            }
+        )
+        return Campaign(settings, self.path)
+
+
+def _describe(error: dict[str, object]) -> str:
+    location = ".".join(str(part) for part in error.get("loc", ()))
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if error.get("type") == "extra_forbidden":
+        message = "unknown key (a typo? see the campaign-file reference in the README)"
+    elif error.get("type") == "missing":
+        message = "required key is missing"
+    section, _, key = location.partition(".")
+    where = f"[{section}] {key}" if key else f"[{section}]"
+    given = error.get("input")
+    shown = (
+        ""
+        if error.get("type") in {"missing", "extra_forbidden"} or isinstance(given, dict)
+        else f" (got {given!r})"
+    )
+    return f"{where}: {message}{shown}"
+
+
+def load_campaign(path: str | Path) -> Campaign:
+    """Read and validate a campaign file; every problem is reported at once, by key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"campaign file not found: {path}", hint="check the path") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"not valid TOML: {exc}", context=str(path), hint="fix the syntax at that line"
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the campaign file: {exc}", context=str(path)) from exc
+    try:
+        settings = CampaignFile.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(dict(error)) for error in exc.errors()]
+        raise ConfigError(
+            "the campaign file is not valid:\n  - " + "\n  - ".join(problems),
+            context=str(path),
+            hint="fix the keys listed; the README's campaign-file reference lists every key",
+        ) from exc
+    return Campaign(settings, path.resolve())

@@ -1,0 +1,171 @@
+"""Graph's wire format as mailmerge speaks it: messages, ``$batch`` requests and their answers.
+
+Pure functions and data only (no I/O), so what goes on the wire can be tested byte for byte.
+Every message carries a unique tag as a single-value extended property: Graph has no idempotency
+key, and the tag is what lets a later run find out in Sent Items whether a message whose answer was
+lost went out after all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+#: The MAPI named property mailmerge tags every message with (a fixed GUID of our own).
+TAG_PROPERTY_ID = "String {4f1a3c9e-7b2d-4e58-9a61-0c3d5e7f9b21} Name MailMergeId"
+TAG_HEADER = "X-MailMerge-Id"
+BATCH_PATH = "/$batch"
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """Everything Graph needs for one recipient's message."""
+
+    to_address: str
+    to_name: str | None
+    subject: str
+    html: str | None
+    text: str | None
+    importance: str
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One request inside a ``$batch``: its id, method, version-relative URL and JSON body."""
+
+    id: str
+    method: str
+    url: str
+    body: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemAnswer:
+    """Graph's answer to one batch item (or to a plain request)."""
+
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+    def header(self, name: str) -> str | None:
+        lowered = name.lower()
+        return next((str(v) for k, v in self.headers.items() if k.lower() == lowered), None)
+
+    @property
+    def error_code(self) -> str | None:
+        error = self.body.get("error") if isinstance(self.body, dict) else None
+        return str(error.get("code")) if isinstance(error, dict) and error.get("code") else None
+
+    @property
+    def error_message(self) -> str | None:
+        error = self.body.get("error") if isinstance(self.body, dict) else None
+        return str(error.get("message")) if isinstance(error, dict) and error.get("message") else None
+
+
+def mailbox_path(mailbox: str) -> str:
+    """The version-relative path of a mailbox, for app-only access."""
+    return f"/users/{quote(mailbox, safe='@')}"
+
+
+def message_json(message: OutgoingMessage) -> dict[str, Any]:
+    """The Graph ``message`` resource for one recipient.
+
+    Graph's JSON message has one body; when both HTML and text templates exist, the HTML body is
+    sent (every mail client that matters renders it) and the text is kept for previews.
+    """
+    if message.html is not None:
+        body = {"contentType": "html", "content": message.html}
+    else:
+        body = {"contentType": "text", "content": message.text or ""}
+    address: dict[str, str] = {"address": message.to_address}
+    if message.to_name:
+        address["name"] = message.to_name
+    return {
+        "subject": message.subject,
+        "body": body,
+        "toRecipients": [{"emailAddress": address}],
+        "importance": message.importance,
+        "internetMessageHeaders": [{"name": TAG_HEADER, "value": message.tag}],
+        "singleValueExtendedProperties": [{"id": TAG_PROPERTY_ID, "value": message.tag}],
+    }
+
+
+def send_mail_item(
+    item_id: str, mailbox: str, message: OutgoingMessage, *, save_to_sent_items: bool
+) -> BatchItem:
+    """A ``sendMail`` request for one message, as a batch item."""
+    return BatchItem(
+        id=item_id,
+        method="POST",
+        url=f"{mailbox_path(mailbox)}/sendMail",
+        body={"message": message_json(message), "saveToSentItems": save_to_sent_items},
+    )
+
+
+def sent_items_lookup_item(item_id: str, mailbox: str, tag: str) -> BatchItem:
+    """A query for the Sent Items copy of the message tagged ``tag`` (empty when it was not sent)."""
+    expression = (
+        f"singleValueExtendedProperties/Any(ep: ep/id eq '{TAG_PROPERTY_ID}' and ep/value eq '{tag}')"
+    )
+    query = f"$filter={quote(expression, safe='')}&$select=id,sentDateTime,internetMessageId&$top=1"
+    return BatchItem(
+        id=item_id, method="GET", url=f"{mailbox_path(mailbox)}/mailFolders('sentitems')/messages?{query}"
+    )
+
+
+def batch_body(items: Sequence[BatchItem], *, sequential: bool) -> bytes:
+    """The JSON of a ``$batch`` request.
+
+    Graph runs at most four requests per mailbox at once and only accepts batches that are fully
+    parallel or fully sequential, so a batch of more items than that is chained with ``dependsOn``:
+    each in-flight batch then occupies one of the mailbox's four concurrency slots.
+    """
+    requests: list[dict[str, Any]] = []
+    previous: str | None = None
+    for item in items:
+        request: dict[str, Any] = {"id": item.id, "method": item.method, "url": item.url}
+        if item.body is not None:
+            request["headers"] = {"Content-Type": "application/json"}
+            request["body"] = item.body
+        if sequential and previous is not None:
+            request["dependsOn"] = [previous]
+        requests.append(request)
+        previous = item.id
+    return json.dumps({"requests": requests}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class MalformedAnswer(ValueError):
+    """Graph's answer could not be understood."""
+
+
+def parse_batch(payload: bytes, expected_ids: Sequence[str]) -> dict[str, ItemAnswer]:
+    """The per-item answers of a ``$batch`` response, by item id (they come in any order)."""
+    try:
+        document = json.loads(payload)
+        answers = {
+            str(entry["id"]): ItemAnswer(
+                int(entry["status"]), dict(entry.get("headers") or {}), entry.get("body")
+            )
+            for entry in document["responses"]
+        }
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MalformedAnswer(f"unreadable $batch answer: {exc}") from exc
+    missing = set(expected_ids) - answers.keys()
+    if missing:
+        raise MalformedAnswer(f"$batch answer lacks items {sorted(missing)}")
+    return answers
+
+
+def parse_answer(status: int, headers: dict[str, str], payload: bytes) -> ItemAnswer:
+    """A plain (non-batch) Graph answer; the body is JSON when there is one."""
+    body: Any = None
+    if payload:
+        try:
+            body = json.loads(payload)
+        except ValueError:
+            body = {"error": {"code": f"HTTP{status}", "message": payload[:200].decode("utf-8", "replace")}}
+    return ItemAnswer(status, headers, body)
