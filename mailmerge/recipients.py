@@ -58,9 +58,14 @@ def identifier(column: str) -> str:
 
 
 def template_context(fields: dict[str, str]) -> dict[str, Any]:
-    """The variables a template sees: each column as an identifier, and ``row`` by original name."""
-    context: dict[str, Any] = {identifier(column): value for column, value in fields.items()}
-    context["row"] = dict(fields)
+    """The variables a template sees: each column as an identifier, and ``row`` by original name.
+
+    An empty cell is left undefined, so that with ``StrictUndefined`` a template that needs it fails
+    for that row ("Dear ," never goes out); optional values say so with ``{{ x | default("") }}``.
+    """
+    filled = {column: value for column, value in fields.items() if value != ""}
+    context: dict[str, Any] = {identifier(column): value for column, value in filled.items()}
+    context["row"] = filled
     return context
 
 

@@ -24,6 +24,7 @@ from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from mailmerge.campaign import Campaign
 from mailmerge.errors import ConfigError
 from mailmerge.recipients import Recipient, RowProblem, template_context
+from mailmerge.send.graph import Address, Attachment
 
 SUBJECT_TEMPLATE_NAME = "[message] subject"
 
@@ -35,6 +36,11 @@ class RenderedMessage:
     subject: str
     html: str | None
     text: str | None
+    cc: tuple[Address, ...] = ()
+    bcc: tuple[Address, ...] = ()
+    reply_to: tuple[Address, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    attachments: tuple[Attachment, ...] = ()
 
 
 class Renderer:

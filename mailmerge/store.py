@@ -64,6 +64,10 @@ class Status(StrEnum):
     SENT = "sent"
     FAILED = "failed"
     UNKNOWN = "unknown"
+    BOUNCED = "bounced"  # sent, then a non-delivery report came back
+    INVALID = "invalid"  # the row cannot be sent as it is (recorded with --skip-invalid)
+    SUPPRESSED = "suppressed"  # on a suppression list: never sent
+    DUPLICATE = "duplicate"  # the same key as an earlier row: the first row wins
 
 
 #: The transitions the state machine allows; :meth:`Store.record` refuses any other.
@@ -72,8 +76,15 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.SENDING: frozenset({Status.SENT, Status.FAILED, Status.PENDING, Status.UNKNOWN}),
     Status.UNKNOWN: frozenset({Status.SENT, Status.PENDING, Status.UNKNOWN, Status.FAILED}),
     Status.FAILED: frozenset({Status.PENDING}),
-    Status.SENT: frozenset(),
+    Status.SENT: frozenset({Status.BOUNCED}),
+    Status.BOUNCED: frozenset(),
+    Status.INVALID: frozenset({Status.PENDING}),
+    Status.SUPPRESSED: frozenset(),
+    Status.DUPLICATE: frozenset(),
 }
+
+#: Statuses in which a recipient still waits to be sent or settled.
+OUTSTANDING = frozenset({Status.PENDING, Status.SENDING, Status.UNKNOWN})
 
 metadata = MetaData()
 
@@ -108,6 +119,9 @@ recipients = Table(
     Column("sent_at", Float),
     Column("error_code", String(200)),
     Column("error_message", Text),
+    Column("bounce_code", String(32)),
+    Column("bounce_diagnostic", Text),
+    Column("bounced_at", Float),
     Column("updated_at", Float, nullable=False),
     UniqueConstraint("campaign_id", "key", name="uq_recipient_key"),
     Index("ix_recipients_work", "campaign_id", "status", "id"),
@@ -146,6 +160,15 @@ class ClaimedRecipient:
 
 
 @dataclass(frozen=True, slots=True)
+class NewRecipient:
+    """A row of the list as it enters the store: pending, or recorded as never to be sent and why."""
+
+    recipient: Recipient
+    status: Status = Status.PENDING
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """The result of one attempt (or one reconciliation) for one recipient."""
 
@@ -156,6 +179,7 @@ class Outcome:
     retry_at: float | None = None
     attempted: bool = True
     sent_at: float | None = None
+    recipient_count: int | None = None  # To + Cc + Bcc of the message sent, when known
 
 
 def new_worker_id() -> str:
@@ -232,26 +256,33 @@ class Store:
             conn.execute(statement)
             return conn.execute(select(campaigns.c.id).where(campaigns.c.name == name)).scalar_one()
 
-    def import_recipients(self, campaign_id: int, batch: Sequence[Recipient]) -> int:
-        """Add recipients not yet known (by key); returns how many were new. Idempotent."""
+    def import_recipients(self, campaign_id: int, batch: Sequence[Recipient | NewRecipient]) -> int:
+        """Add recipients not yet known (by key); returns how many were new. Idempotent.
+
+        A plain :class:`Recipient` enters as pending; a :class:`NewRecipient` may enter as invalid,
+        suppressed or duplicate with its reason, so the report accounts for every row of the list.
+        """
         if not batch:
             return 0
         now = self.clock.time()
+        entries = [entry if isinstance(entry, NewRecipient) else NewRecipient(entry) for entry in batch]
         rows = [
             {
                 "campaign_id": campaign_id,
-                "key": r.key,
-                "row": r.row,
-                "email": r.email,
-                "name": r.name,
-                "fields": json.dumps(r.fields, ensure_ascii=False),
+                "key": e.recipient.key,
+                "row": e.recipient.row,
+                "email": e.recipient.email,
+                "name": e.recipient.name,
+                "fields": json.dumps(e.recipient.fields, ensure_ascii=False),
                 "tag": uuid.uuid4().hex,
                 "recipient_count": 1,
-                "status": Status.PENDING.value,
+                "status": e.status.value,
                 "attempts": 0,
+                "error_code": None if e.status is Status.PENDING else e.status.value.capitalize(),
+                "error_message": e.reason,
                 "updated_at": now,
             }
-            for r in batch
+            for e in entries
         ]
         statement = self._insert(recipients)
         if hasattr(statement, "on_conflict_do_nothing"):
@@ -484,6 +515,7 @@ class Store:
                 sent_at=func.coalesce(bindparam("sent_at_value"), recipients.c.sent_at),
                 error_code=bindparam("code"),
                 error_message=bindparam("message"),
+                recipient_count=func.coalesce(bindparam("count"), recipients.c.recipient_count),
                 lease_owner=None,
                 lease_expires_at=None,
                 updated_at=now,
@@ -498,6 +530,7 @@ class Store:
                 "sent_at_value": (o.sent_at or now) if o.status is Status.SENT else None,
                 "code": None if o.status is Status.SENT else o.code,
                 "message": None if o.status is Status.SENT else o.message,
+                "count": o.recipient_count,
             }
             for o in outcomes
         ]

@@ -317,6 +317,11 @@ class Engine:
             text=rendered.text,
             importance=self.settings.importance,
             tag=recipient.tag,
+            cc=rendered.cc,
+            bcc=rendered.bcc,
+            reply_to=rendered.reply_to,
+            headers=rendered.headers,
+            attachments=rendered.attachments,
         )
 
     async def _post_batch(self, items: list[BatchItem]) -> dict[str, ItemAnswer | Decision]:

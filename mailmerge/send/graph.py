@@ -8,6 +8,7 @@ lost went out after all.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,24 @@ BATCH_PATH = "/$batch"
 
 
 @dataclass(frozen=True, slots=True)
+class Address:
+    """A mailbox as Graph's ``emailAddress``: the address and an optional display name."""
+
+    address: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file attached to a message; ``content_id`` makes it an inline (``cid:``) image."""
+
+    name: str
+    content_type: str
+    content: bytes
+    content_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class OutgoingMessage:
     """Everything Graph needs for one recipient's message."""
 
@@ -31,6 +50,16 @@ class OutgoingMessage:
     text: str | None
     importance: str
     tag: str
+    cc: tuple[Address, ...] = ()
+    bcc: tuple[Address, ...] = ()
+    reply_to: tuple[Address, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()  # custom x- headers, besides the tool's own tag header
+    attachments: tuple[Attachment, ...] = ()
+
+    @property
+    def recipient_count(self) -> int:
+        """To + Cc + Bcc: what Exchange counts against the daily recipient limit."""
+        return 1 + len(self.cc) + len(self.bcc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,17 +110,45 @@ def message_json(message: OutgoingMessage) -> dict[str, Any]:
         body = {"contentType": "html", "content": message.html}
     else:
         body = {"contentType": "text", "content": message.text or ""}
-    address: dict[str, str] = {"address": message.to_address}
-    if message.to_name:
-        address["name"] = message.to_name
-    return {
+    resource: dict[str, Any] = {
         "subject": message.subject,
         "body": body,
-        "toRecipients": [{"emailAddress": address}],
+        "toRecipients": [_recipient(Address(message.to_address, message.to_name))],
         "importance": message.importance,
-        "internetMessageHeaders": [{"name": TAG_HEADER, "value": message.tag}],
+        "internetMessageHeaders": [{"name": TAG_HEADER, "value": message.tag}]
+        + [{"name": name, "value": value} for name, value in message.headers],
         "singleValueExtendedProperties": [{"id": TAG_PROPERTY_ID, "value": message.tag}],
     }
+    for key, addresses in (
+        ("ccRecipients", message.cc),
+        ("bccRecipients", message.bcc),
+        ("replyTo", message.reply_to),
+    ):
+        if addresses:
+            resource[key] = [_recipient(a) for a in addresses]
+    if message.attachments:
+        resource["attachments"] = [_file_attachment(a) for a in message.attachments]
+    return resource
+
+
+def _recipient(address: Address) -> dict[str, Any]:
+    email: dict[str, str] = {"address": address.address}
+    if address.name:
+        email["name"] = address.name
+    return {"emailAddress": email}
+
+
+def _file_attachment(attachment: Attachment) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "@odata.type": "#microsoft.graph.fileAttachment",
+        "name": attachment.name,
+        "contentType": attachment.content_type,
+        "contentBytes": base64.b64encode(attachment.content).decode("ascii"),
+    }
+    if attachment.content_id:
+        resource["contentId"] = attachment.content_id
+        resource["isInline"] = True
+    return resource
 
 
 def send_mail_item(
