@@ -75,6 +75,8 @@ def auth_error(result: dict[str, Any], *, action: str) -> AuthError:
 class ClientCredentials:
     """App-only tokens (client credentials with a secret) for unattended runs."""
 
+    delegated = False
+
     def __init__(
         self, *, authority: str, client_id: str, secret: str, scope: str, ca_file: str | Path | None = None
     ) -> None:

@@ -111,11 +111,22 @@ class GraphSection(_Section):
 class LimitsSection(_Section):
     batch_size: Annotated[int, Field(ge=1, le=GRAPH_BATCH_LIMIT)] = GRAPH_BATCH_LIMIT
     concurrency: Annotated[int, Field(ge=1, le=MAILBOX_CONCURRENCY_LIMIT)] = MAILBOX_CONCURRENCY_LIMIT
-    messages_per_minute: Annotated[float, Field(gt=0)] | None = 30
-    daily_recipients: Annotated[int, Field(ge=1)] | None = 10_000
+    messages_per_minute: Annotated[float, Field(gt=0)] | Literal["unlimited"] = 30
+    daily_recipients: Annotated[int, Field(ge=1)] | Literal["unlimited"] = 10_000
     max_attempts: Annotated[int, Field(ge=1)] = 8
     reconcile_after_seconds: Annotated[float, Field(ge=0)] = 30.0
     reconcile_grace_seconds: Annotated[float, Field(ge=0)] = 300.0
+
+
+    @property
+    def rate_limit(self) -> float | None:
+        """Messages per minute per mailbox, or None when the user lifted the limit."""
+        return None if self.messages_per_minute == "unlimited" else float(self.messages_per_minute)
+
+    @property
+    def daily_limit(self) -> int | None:
+        """Recipients per rolling 24 hours per mailbox, or None when the user lifted the limit."""
+        return None if self.daily_recipients == "unlimited" else int(self.daily_recipients)
 
 
 class CampaignFile(_Section):

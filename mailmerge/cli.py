@@ -98,16 +98,16 @@ def _plan(campaign: Campaign, counts: dict[Status, int]) -> None:
     limits = campaign.settings.limits
     to_send = counts[Status.PENDING] + counts[Status.UNKNOWN]
     mailboxes = campaign.mailboxes
-    rate = (limits.messages_per_minute or 0) * len(mailboxes)
+    rate = (limits.rate_limit or 0) * len(mailboxes)
     lines = [f"{to_send} recipients to send from {len(mailboxes)} mailbox(es): {', '.join(mailboxes)}"]
     if rate:
         lines.append(f"at most {rate:g} messages/minute → about {to_send / rate:.1f} minutes of sending")
-    if limits.daily_recipients:
-        per_day = limits.daily_recipients * len(mailboxes)
+    if limits.daily_limit:
+        per_day = limits.daily_limit * len(mailboxes)
         days = to_send / per_day
         if days > 1:
             lines.append(
-                f"[yellow]the daily limit of {limits.daily_recipients} recipients per mailbox binds: "
+                f"[yellow]the daily limit of {limits.daily_limit} recipients per mailbox binds: "
                 f"about {days:.1f} days; the run pauses each mailbox until its 24-hour window allows more[/]"
             )
     if not campaign.settings.sender.save_to_sent_items:

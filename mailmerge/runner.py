@@ -105,8 +105,8 @@ def send_settings(campaign: Campaign) -> SendSettings:
     return SendSettings(
         batch_size=limits.batch_size,
         concurrency=limits.concurrency,
-        messages_per_minute=limits.messages_per_minute,
-        daily_recipients=limits.daily_recipients,
+        messages_per_minute=limits.rate_limit,
+        daily_recipients=limits.daily_limit,
         max_attempts=limits.max_attempts,
         save_to_sent_items=campaign.settings.sender.save_to_sent_items,
         reconcile_after=limits.reconcile_after_seconds,

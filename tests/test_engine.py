@@ -83,6 +83,8 @@ class FakeGraph:
 
 
 class Tokens:
+    delegated = False
+
     def __init__(self) -> None:
         self.issued = 0
 

@@ -10,6 +10,7 @@ from mailmerge.send.graph import (
     ItemAnswer,
     OutgoingMessage,
     batch_body,
+    mailbox_path,
     parse_batch,
     send_mail_item,
     sent_items_lookup_item,
@@ -94,7 +95,8 @@ def test_rate_window_is_rolling_not_a_burst_bucket() -> None:
 def test_batch_chains_items_and_tags_every_message() -> None:
     message = OutgoingMessage("a@x.example", "Ä", "Hi", "<p>x</p>", "x", "normal", "tag-1")
     items = [
-        send_mail_item(f"i{n}", "news@contoso.example", message, save_to_sent_items=True) for n in range(3)
+        send_mail_item(f"i{n}", mailbox_path("news@contoso.example"), message, save_to_sent_items=True)
+        for n in range(3)
     ]
     document = json.loads(batch_body(items, sequential=True))
     requests = document["requests"]
@@ -109,7 +111,7 @@ def test_batch_chains_items_and_tags_every_message() -> None:
 
 
 def test_lookup_is_url_encoded_filter() -> None:
-    item = sent_items_lookup_item("r0", "a@x.example", "abc")
+    item = sent_items_lookup_item("r0", mailbox_path("a@x.example"), "abc")
     assert item.method == "GET" and " " not in item.url and "mailFolders('sentitems')" in item.url
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from mailmerge.clock import Clock
 from mailmerge.errors import AuthError, SendError
@@ -25,6 +26,7 @@ from mailmerge.send.graph import (
     MalformedAnswer,
     OutgoingMessage,
     batch_body,
+    mailbox_path,
     parse_answer,
     parse_batch,
     send_mail_item,
@@ -38,13 +40,16 @@ from mailmerge.store import ClaimedRecipient, Outcome, Status, Store, new_worker
 DAY = 86_400.0
 DAILY_REFRESH_SECONDS = 30.0
 IDLE_POLL_SECONDS = 0.5
+RECONCILE_POLL_SECONDS = 1.0
 
 
-class TokenSource:
-    """What the engine needs from sign-in: a bearer token, fresh when asked to force it."""
+class TokenSource(Protocol):
+    """What the engine needs from sign-in: a bearer token (fresh when asked to force it), and whether
+    it is a delegated token, which sends as the signed-in user (``/me``) rather than naming mailboxes."""
 
-    async def token(self, *, force_refresh: bool = False) -> str:  # pragma: no cover - protocol
-        raise NotImplementedError
+    delegated: bool
+
+    async def token(self, *, force_refresh: bool = False) -> str: ...
 
 
 @dataclass
@@ -144,6 +149,8 @@ class Engine:
         self.stopped: dict[str, str] = {}
         self._stop = asyncio.Event()
         self._slots = {m: asyncio.Semaphore(settings.concurrency) for m in mailboxes}
+        self._next_reconcile = dict.fromkeys(mailboxes, 0.0)
+        self._senders = {m: mailbox_path(m, delegated=tokens.delegated) for m in mailboxes}
         self._auth_failures = 0
         self._force_refresh = False
         self._fatal: Exception | None = None
@@ -189,7 +196,8 @@ class Engine:
         while not self.stopping and mailbox in self.active and self._fatal is None:
             now = self.clock.time()
             self._refresh_daily(mailbox, now)
-            if self.settings.save_to_sent_items:
+            if self.settings.save_to_sent_items and now >= self._next_reconcile[mailbox]:
+                self._next_reconcile[mailbox] = now + RECONCILE_POLL_SECONDS
                 await self._reconcile_due(mailbox)
             wait_until = throttle.ready_at(now)
             remaining = throttle.daily.remaining()
@@ -268,7 +276,7 @@ class Engine:
         stats.in_flight += len(claimed)
         try:
             items: list[BatchItem] = []
-            by_item: dict[str, ClaimedRecipient] = {}
+            by_item: dict[str, tuple[ClaimedRecipient, OutgoingMessage]] = {}
             outcomes: list[Outcome] = []
             prefix = self._next_batch_prefix()
             for index, recipient in enumerate(claimed):
@@ -279,18 +287,21 @@ class Engine:
                     )
                     continue
                 item = send_mail_item(
-                    f"{prefix}{index}", mailbox, message, save_to_sent_items=self.settings.save_to_sent_items
+                    f"{prefix}{index}",
+                    self._senders[mailbox],
+                    message,
+                    save_to_sent_items=self.settings.save_to_sent_items,
                 )
                 items.append(item)
-                by_item[item.id] = recipient
+                by_item[item.id] = (recipient, message)
+            # Cc and Bcc count against the daily recipient limit too; the claim counted one each.
+            self.throttles[mailbox].daily.used += sum(m.recipient_count - 1 for _r, m in by_item.values())
             if items:
                 answers = await self._post_batch(items)
                 outcomes.extend(self._decide(mailbox, by_item, answers))
             self.store.record(self.campaign_id, outcomes, worker=self.worker)
             self._count(stats, outcomes)
-        except (
-            Exception
-        ) as exc:  # a bug or the database failing: stop cleanly, leases mark the in-flight rows
+        except Exception as exc:  # a bug or a database failure: stop; the leases mark what was in flight
             self._fatal = self._fatal or exc
             self._stop.set()
         finally:
@@ -354,15 +365,19 @@ class Engine:
             return dict.fromkeys(ids, Decision(Verdict.UNKNOWN, "MalformedAnswer", str(exc)))
 
     def _decide(
-        self, mailbox: str, by_item: dict[str, ClaimedRecipient], answers: dict[str, ItemAnswer | Decision]
+        self,
+        mailbox: str,
+        by_item: dict[str, tuple[ClaimedRecipient, OutgoingMessage]],
+        answers: dict[str, ItemAnswer | Decision],
     ) -> list[Outcome]:
         now = self.clock.time()
         throttle = self.throttles[mailbox]
         outcomes: list[Outcome] = []
-        for item_id, recipient in by_item.items():
+        for item_id, (recipient, message) in by_item.items():
             answer = answers[item_id]
             decision = answer if isinstance(answer, Decision) else classify(answer, now)
-            outcomes.append(self._outcome(mailbox, throttle, recipient, decision, now))
+            outcome = self._outcome(mailbox, throttle, recipient, decision, now)
+            outcomes.append(replace(outcome, recipient_count=message.recipient_count))
         return outcomes
 
     def _outcome(
@@ -451,7 +466,10 @@ class Engine:
             return
         slot = self._slots[mailbox]
         async with slot:
-            items = [sent_items_lookup_item(f"r{index}", mailbox, r.tag) for index, r in enumerate(claimed)]
+            items = [
+                sent_items_lookup_item(f"r{index}", self._senders[mailbox], r.tag)
+                for index, r in enumerate(claimed)
+            ]
             answers = await self._post_batch(items)
         now = self.clock.time()
         attempted_at = self.store.last_attempt_times(r.id for r in claimed)

@@ -95,9 +95,13 @@ class ItemAnswer:
         return str(error.get("message")) if isinstance(error, dict) and error.get("message") else None
 
 
-def mailbox_path(mailbox: str) -> str:
-    """The version-relative path of a mailbox, for app-only access."""
-    return f"/users/{quote(mailbox, safe='@')}"
+def mailbox_path(mailbox: str, *, delegated: bool = False) -> str:
+    """The version-relative path of a sending mailbox.
+
+    App-only tokens name the mailbox (``/users/{upn}``); a delegated token sends as the signed-in
+    user (``/me``), whose mailbox the run has checked is the configured one.
+    """
+    return "/me" if delegated else f"/users/{quote(mailbox, safe='@')}"
 
 
 def message_json(message: OutgoingMessage) -> dict[str, Any]:
@@ -152,26 +156,24 @@ def _file_attachment(attachment: Attachment) -> dict[str, Any]:
 
 
 def send_mail_item(
-    item_id: str, mailbox: str, message: OutgoingMessage, *, save_to_sent_items: bool
+    item_id: str, sender: str, message: OutgoingMessage, *, save_to_sent_items: bool
 ) -> BatchItem:
-    """A ``sendMail`` request for one message, as a batch item."""
+    """A ``sendMail`` request for one message from ``sender`` (a :func:`mailbox_path`), as a batch item."""
     return BatchItem(
         id=item_id,
         method="POST",
-        url=f"{mailbox_path(mailbox)}/sendMail",
+        url=f"{sender}/sendMail",
         body={"message": message_json(message), "saveToSentItems": save_to_sent_items},
     )
 
 
-def sent_items_lookup_item(item_id: str, mailbox: str, tag: str) -> BatchItem:
+def sent_items_lookup_item(item_id: str, sender: str, tag: str) -> BatchItem:
     """A query for the Sent Items copy of the message tagged ``tag`` (empty when it was not sent)."""
     expression = (
         f"singleValueExtendedProperties/Any(ep: ep/id eq '{TAG_PROPERTY_ID}' and ep/value eq '{tag}')"
     )
     query = f"$filter={quote(expression, safe='')}&$select=id,sentDateTime,internetMessageId&$top=1"
-    return BatchItem(
-        id=item_id, method="GET", url=f"{mailbox_path(mailbox)}/mailFolders('sentitems')/messages?{query}"
-    )
+    return BatchItem(id=item_id, method="GET", url=f"{sender}/mailFolders('sentitems')/messages?{query}")
 
 
 def batch_body(items: Sequence[BatchItem], *, sequential: bool) -> bytes:

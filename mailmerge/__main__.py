@@ -1,0 +1,5 @@
+"""``python -m mailmerge`` runs the CLI."""
+
+from mailmerge.cli import main
+
+main()
