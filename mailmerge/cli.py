@@ -11,33 +11,47 @@ import asyncio
 import json
 import signal
 import sys
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from datetime import datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
-from mailmerge.auth import token_source
+from mailmerge import signin
+from mailmerge.auth import stop_reason_hint, stopped_mailboxes_error, token_source
+from mailmerge.bounces import BounceHarvest, export_suppressions, parse_since, read_bounces
 from mailmerge.campaign import Campaign, load_campaign
+from mailmerge.checkview import print_dry_run, print_preflight, print_preview
 from mailmerge.clock import SystemClock
-from mailmerge.errors import ExitCode, MailmergeError
+from mailmerge.dryrun import dry_run as write_dry_run
+from mailmerge.errors import ConfigError, ExitCode, MailmergeError, SendError, StoreError
+from mailmerge.overview import CampaignStatus, campaign_status, find_databases, list_campaigns
+from mailmerge.preview import Preview, save_preview, send_test
+from mailmerge.preview import preview as preview_message
 from mailmerge.progress import ProgressView
-from mailmerge.report import FORMATS, write_report
+from mailmerge.report import FORMATS, ReportOptions, open_output, write_report
 from mailmerge.runner import (
     build_engine,
     campaign_id_of,
     import_recipients,
     open_store,
+    preflight,
     require_preflight,
 )
 from mailmerge.send.engine import RunSummary
+from mailmerge.send.graph import OutgoingMessage
 from mailmerge.send.transport import AiohttpTransport
 from mailmerge.store import Status, Store
+from mailmerge.validate import ProblemsFile
 
 console = Console()
 errors = Console(stderr=True)
@@ -45,7 +59,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def friendly_errors(command: F) -> F:
-    """Render :class:`MailmergeError` as a panel with its hint and exit with its code."""
+    """Render :class:`MailmergeError` as its message, problems and hint, and exit with its code.
+
+    Printed as plain, unwrapped lines (never markup: messages quote user data) so that a path or a
+    row number can be copied or searched for whatever the terminal's width.
+    """
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -55,17 +73,15 @@ def friendly_errors(command: F) -> F:
         except MailmergeError as exc:
             if debug:
                 errors.print_exception()
-            body = f"[bold]{exc.context + ': ' if exc.context else ''}[/bold]{exc.message}"
-            problems = getattr(exc, "problems", [])
-            if problems:
-                body += "\n" + "\n".join(f"  • {problem}" for problem in problems)
+            lines = Text("error: ", style="bold red")
+            lines.append(f"{exc.context}: " if exc.context else "", style="bold")
+            lines.append(exc.message)
+            for problem in getattr(exc, "problems", []):
+                lines.append(f"\n  • {problem}")
             if exc.hint:
-                body += f"\n\n[cyan]hint:[/cyan] {exc.hint}"
-            errors.print(
-                Panel(body, title=f"error ({exc.__class__.__name__})", border_style="red", expand=False),
-                markup=True,
-                highlight=False,
-            )
+                lines.append("\nhint: ", style="cyan")
+                lines.append(exc.hint)
+            errors.print(lines, soft_wrap=True, highlight=False)
             sys.exit(int(exc.exit_code))
 
     return wrapper  # type: ignore[return-value]
@@ -129,6 +145,7 @@ def _exit_code(summary: RunSummary) -> ExitCode:
 async def _send_with_progress(campaign: Campaign, store: Store, secret: str | None) -> RunSummary:
     clock = SystemClock()
     tokens = token_source(campaign, secret=secret)
+    await tokens.token()  # sign-in problems surface now, before any recipient is claimed
     transport = AiohttpTransport(ca_file=campaign.settings.graph.ca_file)
     engine = build_engine(campaign, store, transport=transport, tokens=tokens, clock=clock)
     counts = store.counts(engine.campaign_id)
@@ -153,6 +170,11 @@ async def _send_with_progress(campaign: Campaign, store: Store, secret: str | No
     shower = asyncio.create_task(view.show(finished))
     try:
         return await engine.run()
+    except SendError as exc:
+        if engine.stopped and not engine.active:
+            delegated = tokens.delegated
+            raise stopped_mailboxes_error(engine.stopped, delegated=delegated, campaign=campaign) from exc
+        raise
     finally:
         finished.set()
         await shower
@@ -184,7 +206,10 @@ def _send_and_report(campaign: Campaign, store: Store, secret: str | None) -> No
         sys.exit(int(ExitCode.INTERRUPTED))
     _print_counts(summary.counts, f"{campaign.name}: where things stand")
     for mailbox, reason in summary.stopped_mailboxes.items():
-        errors.print(f"[red]mailbox {mailbox} was taken out of the pool:[/] {reason}")
+        errors.print(f"[red]mailbox {mailbox} was taken out of the pool:[/] {escape(reason)}")
+        hint = stop_reason_hint(reason, delegated=campaign.settings.auth.delegated)
+        if hint:
+            errors.print(f"  [cyan]hint:[/] {escape(hint)}")
     code = _exit_code(summary)
     if code is not ExitCode.OK:
         console.print(
@@ -197,19 +222,101 @@ def _send_and_report(campaign: Campaign, store: Store, secret: str | None) -> No
 @main.command()
 @campaign_argument
 @sandbox_option
+@click.option("--dry-run", is_flag=True, help="Write every message as .eml plus a manifest; send nothing.")
+@click.option(
+    "--dry-run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for --dry-run (default: <campaign>.dryrun beside the campaign file).",
+)
+@click.option(
+    "--skip-invalid", is_flag=True, help="Send the valid rows; record rows that cannot be sent as 'invalid'."
+)
 @friendly_errors
-def run(campaign_file: Path, sandbox: bool) -> None:
+def run(
+    campaign_file: Path, sandbox: bool, dry_run: bool, dry_run_dir: Path | None, skip_invalid: bool
+) -> None:
     """Check every row, record the recipients, and send the campaign."""
     campaign = load_campaign(campaign_file)
-    require_preflight(campaign)
+    checked = require_preflight(campaign, skip_invalid=skip_invalid)
+    if not checked.ok:
+        print_preflight(errors, campaign, checked)
+        errors.print(f"[yellow]--skip-invalid: {checked.problem_count} rows are recorded as invalid[/]")
+    if dry_run:
+        folder = dry_run_dir or campaign.path.with_name(f"{campaign.path.stem}.dryrun")
+        print_dry_run(console, write_dry_run(campaign, folder))
+        return
     with ExitStack() as stack:
         secret = None
         if sandbox:
             campaign, secret = _enter_sandbox(stack, campaign)
         store = stack.enter_context(open_store(campaign))
-        new, total = import_recipients(campaign, store)
+        new, total = import_recipients(campaign, store, skip_invalid=skip_invalid)
         console.print(f"{total} rows read, {new} new recipients recorded in {store.url}")
         _send_and_report(campaign, store, secret)
+
+
+@main.command()
+@campaign_argument
+@click.option(
+    "--problems",
+    "problems_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every row that will not be sent, with why, to this CSV file.",
+)
+@friendly_errors
+def validate(campaign_file: Path, problems_file: Path | None) -> None:
+    """Check every row as run would (render, addresses, attachments, sizes, duplicates); send nothing."""
+    campaign = load_campaign(campaign_file)
+    with ExitStack() as stack:
+        sink = stack.enter_context(ProblemsFile(problems_file)) if problems_file else None
+        result = preflight(campaign, on_row=sink)
+    print_preflight(console, campaign, result, problems_file=problems_file)
+    sys.exit(int(ExitCode.OK if result.ok else ExitCode.INPUT))
+
+
+@main.command()
+@campaign_argument
+@click.option("--row", type=int, help="The spreadsheet row to show (the header is row 1).")
+@click.option("--email", help="The recipient to show, by address.")
+@click.option("--send-test-to", "send_to", help="Also send this rendering to ADDRESS, marked [TEST].")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the saved HTML and .eml (default: <campaign>.preview beside the campaign file).",
+)
+@sandbox_option
+@friendly_errors
+def preview(
+    campaign_file: Path,
+    row: int | None,
+    email: str | None,
+    send_to: str | None,
+    out: Path | None,
+    sandbox: bool,
+) -> None:
+    """Show one recipient's message as it will go out, and optionally send a test copy."""
+    if row is not None and email:
+        raise ConfigError("give --row or --email, not both")
+    campaign = load_campaign(campaign_file)
+    shown = preview_message(campaign, row=row, email=email)
+    folder = out or campaign.path.with_name(f"{campaign.path.stem}.preview")
+    print_preview(console, shown, *save_preview(campaign, shown, folder))
+    if send_to:
+        with ExitStack() as stack:
+            secret = None
+            if sandbox:
+                campaign, secret = _enter_sandbox(stack, campaign)
+            sent = asyncio.run(_send_test(campaign, shown, send_to, secret))
+        console.print(f"Test message sent to {sent.to_address} from {shown.sender} (tag {sent.tag}).")
+
+
+async def _send_test(campaign: Campaign, shown: Preview, to: str, secret: str | None) -> OutgoingMessage:
+    transport = AiohttpTransport(ca_file=campaign.settings.graph.ca_file)
+    try:
+        tokens = token_source(campaign, secret=secret)
+        return await send_test(campaign, shown, to, transport=transport, tokens=tokens)
+    finally:
+        await transport.close()
 
 
 @main.command()
@@ -236,7 +343,7 @@ def resume(campaign_file: Path, sandbox: bool, assume: str | None) -> None:
         _send_and_report(campaign, store, secret)
 
 
-def _enter_sandbox(stack: ExitStack, campaign: Campaign) -> tuple[Campaign, str]:
+def _enter_sandbox(stack: ExitStack, campaign: Campaign) -> tuple[Campaign, str | None]:
     from mailmerge.rehearsal import rehearse
 
     rehearsal = stack.enter_context(rehearse(campaign))
@@ -244,7 +351,50 @@ def _enter_sandbox(stack: ExitStack, campaign: Campaign) -> tuple[Campaign, str]
         f"[cyan]sandbox:[/] Graph emulator at {rehearsal.sandbox.graph_base_url}; "
         f"delivered messages go to {rehearsal.outbox}"
     )
+    for note in rehearsal.notes:
+        console.print(f"[cyan]sandbox:[/] {escape(note)}")
     return rehearsal.campaign, rehearsal.secret
+
+
+def _when(epoch: float | None) -> str:
+    return "-" if epoch is None else datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _print_status(state: CampaignStatus) -> None:
+    _print_counts(state.counts, f"{state.campaign}: where things stand")
+    if state.mailboxes:
+        table = Table(title="sending mailboxes (24-hour recipient limit: used by every campaign here)")
+        for column in ("mailbox", "sent", "bounced", "failed", "unknown", "used 24 h", "left 24 h", "frees"):
+            table.add_column(column, justify="left" if column == "mailbox" else "right")
+        for box in state.mailboxes:
+            table.add_row(
+                escape(box.mailbox),
+                *(f"{box.counts[s]:,}" for s in (Status.SENT, Status.BOUNCED, Status.FAILED, Status.UNKNOWN)),
+                f"{box.used_24h:,}",
+                "no limit" if box.left_24h is None else f"{box.left_24h:,} of {box.daily_limit:,}",
+                _when(box.frees_at) if box.frees_at else "",
+            )
+        console.print(table)
+    lines = []
+    if state.retries_waiting:
+        lines.append(
+            f"{state.retries_waiting:,} retries waiting; the next is due {_when(state.next_retry_at)}"
+        )
+    unknown = state.counts[Status.UNKNOWN]
+    if unknown and state.reconciles:
+        lines.append(
+            f"{unknown:,} unknown, settled by looking in Sent Items ({state.unknown_waiting:,} wait for "
+            f"their check, the next {_when(state.next_check_at)}); `mailmerge resume` does it"
+        )
+    elif unknown:
+        lines.append(f"{unknown:,} unknown wait for your decision: resume --assume-sent or --assume-unsent")
+    if state.remaining:
+        lines.append(
+            f"{state.remaining:,} to send; estimated finish {_when(state.finish_at)} ({state.finish_basis})"
+        )
+    else:
+        lines.append("nothing left to send")
+    console.print("\n".join(lines), highlight=False)
 
 
 @main.command()
@@ -252,14 +402,54 @@ def _enter_sandbox(stack: ExitStack, campaign: Campaign) -> tuple[Campaign, str]
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @friendly_errors
 def status(campaign_file: Path, as_json: bool) -> None:
-    """Show how many recipients stand in each status."""
+    """Show counts per status and mailbox, daily quota, retries waiting and the estimated finish."""
     campaign = load_campaign(campaign_file)
     with open_store(campaign) as store:
-        counts = store.counts(campaign_id_of(campaign, store))
+        state = campaign_status(campaign, store)
     if as_json:
-        click.echo(json.dumps({"campaign": campaign.name, "counts": {s.value: n for s, n in counts.items()}}))
+        click.echo(json.dumps(state.to_json(), ensure_ascii=False))
     else:
-        _print_counts(counts, campaign.name)
+        _print_status(state)
+
+
+@main.command(name="list")
+@click.argument("database", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@friendly_errors
+def list_command(database: str | None, as_json: bool) -> None:
+    """Show every campaign in a state database (a .db file or a SQLAlchemy URL) with its progress.
+
+    Without DATABASE, every mailmerge .db file in the current folder.
+    """
+    databases = [database] if database else find_databases(Path.cwd())
+    if not databases:
+        raise StoreError(
+            "no mailmerge database in this folder",
+            hint="give one: `mailmerge list path/to/campaign.db` (or a SQLAlchemy URL)",
+        )
+    found = {db: list_campaigns(db) for db in databases}
+    if as_json:
+        click.echo(
+            json.dumps(
+                [{"database": db, "campaigns": [c.to_json() for c in found[db]]} for db in databases],
+                ensure_ascii=False,
+            )
+        )
+        return
+    for db, campaigns in found.items():
+        table = Table(title=escape(db))
+        for column in ("campaign", "created", "recipients", "sent", "bounced", "failed", "to do", "done"):
+            table.add_column(column, justify="left" if column in ("campaign", "created") else "right")
+        for item in campaigns:
+            table.add_row(
+                escape(item.name),
+                _when(item.created_at),
+                f"{item.total:,}",
+                *(f"{item.counts[s]:,}" for s in (Status.SENT, Status.BOUNCED, Status.FAILED)),
+                f"{item.outstanding:,}",
+                f"{100 * item.done_share:.0f}%",
+            )
+        console.print(table)
 
 
 @main.command()
@@ -268,18 +458,117 @@ def status(campaign_file: Path, as_json: bool) -> None:
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default stdout)."
 )
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in Status]),
+    help="Only recipients in this status (repeatable); summaries still cover everyone.",
+)
+@click.option(
+    "--with-columns", is_flag=True, help="Add the original spreadsheet columns, to merge the report back."
+)
 @friendly_errors
-def report(campaign_file: Path, fmt: str, output: Path | None) -> None:
-    """Export one row per recipient: row, key, address, status, attempts, times, error."""
+def report(
+    campaign_file: Path, fmt: str, output: Path | None, statuses: tuple[str, ...], with_columns: bool
+) -> None:
+    """Export one row per recipient: row, key, address, status, attempts, times, error, bounce, tag."""
     campaign = load_campaign(campaign_file)
+    options = ReportOptions(
+        statuses=frozenset(Status(s) for s in statuses) or None,
+        with_columns=with_columns,
+        campaign_file=str(campaign_file),
+    )
     with open_store(campaign) as store:
         campaign_id = campaign_id_of(campaign, store)
         if output is None:
-            write_report(store, campaign_id, campaign.name, fmt, sys.stdout)
+            if fmt == "xlsx" and sys.stdout.isatty():
+                raise ConfigError(
+                    "an Excel report is a binary file", hint="write it to a file: -o report.xlsx"
+                )
+            out = sys.stdout.buffer if fmt == "xlsx" else sys.stdout
+            write_report(store, campaign_id, campaign.name, fmt, out, options)
             return
-        with output.open("w", encoding="utf-8", newline="") as out:
-            count = write_report(store, campaign_id, campaign.name, fmt, out)
+        with open_output(output, fmt) as out:
+            count = write_report(store, campaign_id, campaign.name, fmt, out, options)
     errors.print(f"{count} recipients written to {output}")
+
+
+async def _read_bounces(
+    campaign: Campaign, store: Store, secret: str | None, since: float | None
+) -> BounceHarvest:
+    tokens = token_source(campaign, secret=secret)
+    transport = AiohttpTransport(ca_file=campaign.settings.graph.ca_file)
+    try:
+        return await read_bounces(campaign, store, transport=transport, tokens=tokens, since=since)
+    finally:
+        await transport.close()
+
+
+def _print_bounces(harvest: BounceHarvest, exported: int | None, export: Path | None) -> None:
+    console.print(
+        f"Read {harvest.messages_read:,} messages in the Inbox of {len(harvest.mailboxes)} mailbox(es) "
+        f"since {_when(harvest.since)}: {harvest.reports:,} non-delivery reports.",
+        highlight=False,
+    )
+    console.print(
+        f"Recorded {harvest.hard:,} hard bounces (now 'bounced') and {harvest.soft:,} soft bounces "
+        f"(still 'sent'); {harvest.unchanged:,} were already recorded.",
+        highlight=False,
+    )
+    if not harvest.sent_items_readable:
+        errors.print("[yellow]Sent Items could not be read: reports were matched by address only[/]")
+    for note in harvest.not_sent:
+        errors.print(f"[yellow]skipped:[/] {escape(note)}")
+    if harvest.unmatched_count:
+        table = Table(title=f"{harvest.unmatched_count} report(s) matched no sent recipient of this campaign")
+        for column in ("received", "mailbox", "addresses", "why"):
+            table.add_column(column)
+        for item in harvest.unmatched:
+            table.add_row(
+                _when(item.received_at),
+                escape(item.mailbox),
+                escape(", ".join(item.addresses)),
+                escape(item.reason),
+            )
+        console.print(table)
+    if export is not None:
+        console.print(f"{exported:,} bounced addresses written to {escape(str(export))} (a suppression list)")
+
+
+@main.command()
+@campaign_argument
+@click.option(
+    "--since",
+    help="Read reports received since this time: a date or time (UTC), or an age like 7d or 12h. "
+    "Default: when the campaign started.",
+)
+@sandbox_option
+@click.option(
+    "--export-suppressions",
+    "export",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the bounced addresses to this file (.csv, or .txt: one per line) for the next campaign.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@friendly_errors
+def bounces(
+    campaign_file: Path, since: str | None, sandbox: bool, export: Path | None, as_json: bool
+) -> None:
+    """Read bounce reports from the sending mailboxes' Inboxes; mark bounced recipients (needs Mail.Read)."""
+    campaign = load_campaign(campaign_file)
+    start = parse_since(since, time.time()) if since else None
+    with ExitStack() as stack:
+        secret = None
+        if sandbox:
+            campaign, secret = _enter_sandbox(stack, campaign)
+        store = stack.enter_context(open_store(campaign))
+        harvest = asyncio.run(_read_bounces(campaign, store, secret, start))
+        exported = export_suppressions(store, campaign_id_of(campaign, store), export) if export else None
+    if as_json:
+        click.echo(json.dumps({**harvest.to_json(), "exported": exported}, ensure_ascii=False))
+    else:
+        _print_bounces(harvest, exported, export)
 
 
 @main.command(name="retry-failed")
@@ -294,6 +583,91 @@ def retry_failed(campaign_file: Path, code: str | None) -> None:
     console.print(
         f"{moved} failed recipients are pending again; send them with `mailmerge resume {campaign_file}`."
     )
+
+
+@main.group()
+def auth() -> None:
+    """Sign in to Microsoft Entra ID, see how a campaign signs in, sign out."""
+
+
+def _show_device_code(prompt: signin.DeviceCodePrompt) -> None:
+    console.print(
+        Panel(
+            f"Open [bold]{escape(prompt.verification_uri)}[/] in a browser and enter the code\n\n"
+            f"    [bold cyan]{escape(prompt.user_code)}[/]\n\n"
+            f"The code expires in {prompt.expires_in // 60} minutes.",
+            title="sign in",
+            expand=False,
+        )
+    )
+    console.print("Waiting for you to sign in...")
+
+
+def _show_auth_url(url: str) -> None:
+    console.print("Opening the sign-in page in your browser. If none opens, open this address:")
+    click.echo(url)  # unwrapped, so it can be copied whole
+
+
+@auth.command(name="login")
+@campaign_argument
+@friendly_errors
+def auth_login(campaign_file: Path) -> None:
+    """Sign in once (device code or browser), or check the app's credential (app-only)."""
+    campaign = load_campaign(campaign_file)
+    done = signin.login(campaign, show_device_code=_show_device_code, show_auth_url=_show_auth_url)
+    until = f"; token valid until {_local_time(done.expires_at)}" if done.expires_at else ""
+    if done.account:
+        console.print(f"[green]Signed in as {done.account}[/]{until}. Runs now refresh the token silently.")
+    else:
+        console.print(f"[green]App-only sign-in works for {campaign.settings.auth.client_id}[/]{until}.")
+
+
+def _local_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+@auth.command(name="status")
+@campaign_argument
+@friendly_errors
+def auth_status(campaign_file: Path) -> None:
+    """Show the sign-in flow, the account or app, token expiry and where tokens are kept."""
+    state = signin.status(load_campaign(campaign_file))
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")  # paths are shown whole, never cut with an ellipsis
+    table.add_row("flow", f"{state.mode} ({state.credential})")
+    table.add_row("authority", state.authority)
+    table.add_row("app (client id)", state.client_id)
+    if state.mode != "client_credentials":
+        who = state.account or "[yellow]nobody signed in[/] (run `mailmerge auth login`)"
+        if state.other_accounts:
+            who += f"; also cached: {', '.join(state.other_accounts)}"
+        table.add_row("account", who)
+        table.add_row("refresh token", "held: runs sign in silently" if state.has_refresh_token else "none")
+    if state.access_token_expires_at is None:
+        table.add_row("access token", "none cached")
+    else:
+        left = state.access_token_expires_at - time.time()
+        table.add_row(
+            "access token",
+            f"expires {_local_time(state.access_token_expires_at)}"
+            + (f" (in {left / 60:.0f} min)" if left > 0 else " (expired; renewed on next use)"),
+        )
+    table.add_row("token cache", str(state.cache_path))
+    protection = state.cache_description
+    if state.cache_fallback_reason:
+        protection += f"; not encrypted: {state.cache_fallback_reason}"
+    table.add_row("protection", protection)
+    console.print(table)
+
+
+@auth.command(name="logout")
+@campaign_argument
+@friendly_errors
+def auth_logout(campaign_file: Path) -> None:
+    """Remove the signed-in sender's tokens (or the app's) from the token cache."""
+    removed = signin.logout(load_campaign(campaign_file))
+    console.print(f"Removed the tokens of {', '.join(removed)}." if removed else "No tokens were cached.")
 
 
 def _add_sandbox_commands() -> None:

@@ -78,7 +78,7 @@ def test_missing_variable_on_last_row_sends_nothing(sample: Path) -> None:
     result = CliRunner().invoke(main, ["run", str(sample), "--sandbox"])
     assert result.exit_code == ExitCode.INPUT
     assert "1 of 30 rows cannot be sent" in result.output
-    assert "row 31" in result.output and "'plan' is undefined" in result.output and "line 4" in result.output
+    assert "row 31" in result.output and "'plan' is undefined" in result.output and "html template, line 5" in result.output
     assert "nothing was sent" in result.output
     assert delivered(sample) == []
     assert not sample.with_suffix(".db").exists()

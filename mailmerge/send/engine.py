@@ -39,8 +39,10 @@ from mailmerge.store import ClaimedRecipient, Outcome, Status, Store, new_worker
 
 DAY = 86_400.0
 DAILY_REFRESH_SECONDS = 30.0
+DAILY_CAP_RECHECK_SECONDS = 600.0
 IDLE_POLL_SECONDS = 0.5
 RECONCILE_POLL_SECONDS = 1.0
+THROTTLE_CODES = frozenset({"TooManyRequests", "ApplicationThrottled"})
 
 
 class TokenSource(Protocol):
@@ -150,8 +152,8 @@ class Engine:
         self._stop = asyncio.Event()
         self._slots = {m: asyncio.Semaphore(settings.concurrency) for m in mailboxes}
         self._next_reconcile = dict.fromkeys(mailboxes, 0.0)
+        self._wake = {m: asyncio.Event() for m in mailboxes}
         self._senders = {m: mailbox_path(m, delegated=tokens.delegated) for m in mailboxes}
-        self._auth_failures = 0
         self._force_refresh = False
         self._fatal: Exception | None = None
         self._batch_counter = 0
@@ -190,53 +192,62 @@ class Engine:
     # -- the per-mailbox loop ----------------------------------------------------------------
 
     async def _mailbox_loop(self, mailbox: str) -> None:
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not self.stopping and mailbox in self.active and self._fatal is None:
+                if not await self._mailbox_step(mailbox, in_flight):
+                    break
+        except Exception as exc:  # sign-in or database failure outside a batch: stop cleanly
+            self._fail(exc)
+        finally:
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _mailbox_step(self, mailbox: str, in_flight: set[asyncio.Task[None]]) -> bool:
+        """Reconcile, wait for the limits, or start one batch; False once this mailbox is done."""
         throttle = self.throttles[mailbox]
         stats = self.stats.mailboxes[mailbox]
-        in_flight: set[asyncio.Task[None]] = set()
-        while not self.stopping and mailbox in self.active and self._fatal is None:
-            now = self.clock.time()
-            self._refresh_daily(mailbox, now)
-            if self.settings.save_to_sent_items and now >= self._next_reconcile[mailbox]:
-                self._next_reconcile[mailbox] = now + RECONCILE_POLL_SECONDS
-                await self._reconcile_due(mailbox)
-            wait_until = throttle.ready_at(now)
-            remaining = throttle.daily.remaining()
-            if remaining == 0:
-                wait_until = max(wait_until, now + min(DAILY_REFRESH_SECONDS * 20, DAY))
-                throttle.pause(wait_until, "daily recipient limit reached")
-            if wait_until > now:
-                stats.waiting_until, stats.waiting_reason = wait_until, throttle.pause_reason or "rate limit"
-                await self._sleep(min(wait_until - now, 5.0))
-                continue
-            stats.waiting_until, stats.waiting_reason = 0.0, None
-            slot = self._slots[mailbox]
-            await slot.acquire()
-            now = self.clock.time()
-            allowed = throttle.allowance(now, self.settings.batch_size)
-            claimed = (
-                self.store.claim(
-                    self.campaign_id,
-                    mailbox,
-                    allowed,
-                    worker=self.worker,
-                    lease_seconds=self.settings.lease_seconds,
-                )
-                if allowed and not self.stopping
-                else []
+        now = self.clock.time()
+        self._refresh_daily(mailbox, now)
+        if self.settings.save_to_sent_items and now >= self._next_reconcile[mailbox]:
+            self._next_reconcile[mailbox] = now + RECONCILE_POLL_SECONDS
+            await self._reconcile_due(mailbox)
+        wait_until = throttle.ready_at(now)
+        if throttle.daily.remaining() == 0:
+            wait_until = max(wait_until, now + DAILY_CAP_RECHECK_SECONDS)
+            throttle.pause(wait_until, "daily recipient limit reached")
+        if wait_until > now:
+            if await self._finished(in_flight):
+                return False
+            stats.waiting_until, stats.waiting_reason = wait_until, throttle.pause_reason or "rate limit"
+            await self._sleep(mailbox, min(wait_until - now, 5.0))
+            return True
+        stats.waiting_until, stats.waiting_reason = 0.0, None
+        slot = self._slots[mailbox]
+        await slot.acquire()
+        now = self.clock.time()
+        allowed = throttle.allowance(now, self.settings.batch_size)
+        claimed = []
+        if allowed and not self.stopping:
+            claimed = self.store.claim(
+                self.campaign_id,
+                mailbox,
+                allowed,
+                worker=self.worker,
+                lease_seconds=self.settings.lease_seconds,
             )
-            if not claimed:
-                slot.release()
-                if allowed and await self._finished(in_flight):
-                    break
-                await self._sleep(IDLE_POLL_SECONDS if allowed else 0.05)
-                continue
-            throttle.took(now, len(claimed))
-            stats.first_send_at = stats.first_send_at or now
-            task = asyncio.create_task(self._send_batch(mailbox, claimed, slot))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-        if in_flight:
-            await asyncio.gather(*in_flight, return_exceptions=True)
+        if not claimed:
+            slot.release()
+            if allowed and await self._finished(in_flight):
+                return False
+            await self._sleep(mailbox, IDLE_POLL_SECONDS if allowed else 0.05)
+            return True
+        throttle.took(now, len(claimed))
+        stats.first_send_at = stats.first_send_at or now
+        task = asyncio.create_task(self._send_batch(mailbox, claimed, slot))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+        return True
 
     async def _finished(self, in_flight: set[asyncio.Task[None]]) -> bool:
         """True when nothing this mailbox could do is left (in flight, pending or waiting)."""
@@ -247,15 +258,20 @@ class Engine:
             waiting.append(Status.UNKNOWN)
         return not self.store.any_in(self.campaign_id, waiting)
 
-    async def _sleep(self, seconds: float) -> None:
-        """Wait on the injected clock, but wake at once when a stop is requested."""
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        stopper = asyncio.ensure_future(self._stop.wait())
+    async def _sleep(self, mailbox: str, seconds: float) -> None:
+        """Wait on the injected clock, waking early when a batch of ``mailbox`` ends or a stop is asked."""
+        wake = self._wake[mailbox]
+        waiters = {
+            asyncio.ensure_future(self.clock.sleep(seconds)),
+            asyncio.ensure_future(self._stop.wait()),
+            asyncio.ensure_future(wake.wait()),
+        }
         try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            sleeper.cancel()
-            stopper.cancel()
+            for waiter in waiters:
+                waiter.cancel()
+            wake.clear()
 
     def _refresh_daily(self, mailbox: str, now: float) -> None:
         daily = self.throttles[mailbox].daily
@@ -301,12 +317,12 @@ class Engine:
                 outcomes.extend(self._decide(mailbox, by_item, answers))
             self.store.record(self.campaign_id, outcomes, worker=self.worker)
             self._count(stats, outcomes)
-        except Exception as exc:  # a bug or a database failure: stop; the leases mark what was in flight
-            self._fatal = self._fatal or exc
-            self._stop.set()
+        except Exception as exc:  # a bug, a database or sign-in failure: stop cleanly
+            self._fail(exc)
         finally:
             stats.in_flight -= len(claimed)
             slot.release()
+            self._wake[mailbox].set()
 
     def _message_for(self, recipient: ClaimedRecipient) -> OutgoingMessage | RowProblem:
         rendered = self.renderer.render(
@@ -339,9 +355,9 @@ class Engine:
         """POST one ``$batch``; every item gets either Graph's answer or a decision for a lost answer."""
         body = batch_body(items, sequential=len(items) > 1)
         ids = [item.id for item in items]
+        refreshed, self._force_refresh = self._force_refresh, False
+        token = await self.tokens.token(force_refresh=refreshed)
         try:
-            refresh, self._force_refresh = self._force_refresh, False
-            token = await self.tokens.token(force_refresh=refresh)
             response = await self.transport.request(
                 "POST",
                 self.graph_base_url + BATCH_PATH,
@@ -354,15 +370,28 @@ class Engine:
                 },
             )
         except TransportError as exc:
-            decision = classify_transport_error(exc)
-            return dict.fromkeys(ids, decision)
+            return dict.fromkeys(ids, classify_transport_error(exc))
+        answers: dict[str, ItemAnswer | Decision]
         if response.status != 200:
-            outer = parse_answer(response.status, response.headers, response.body)
-            return dict.fromkeys(ids, outer)
-        try:
-            return dict(parse_batch(response.body, ids))
-        except MalformedAnswer as exc:
-            return dict.fromkeys(ids, Decision(Verdict.UNKNOWN, "MalformedAnswer", str(exc)))
+            answers = dict.fromkeys(ids, parse_answer(response.status, response.headers, response.body))
+        else:
+            try:
+                answers = dict(parse_batch(response.body, ids))
+            except MalformedAnswer as exc:
+                answers = dict.fromkeys(ids, Decision(Verdict.UNKNOWN, "MalformedAnswer", str(exc)))
+        if refreshed and any(isinstance(a, ItemAnswer) and a.status == 401 for a in answers.values()):
+            self._fail(
+                AuthError(
+                    "Graph refused a token that was just issued (401 InvalidAuthenticationToken)",
+                    hint="it is for another resource or tenant: check [auth] tenant and [graph] base_url",
+                )
+            )
+        return answers
+
+    def _fail(self, error: Exception) -> None:
+        """Stop the run because of ``error``; what is recorded stays, leases mark what was in flight."""
+        self._fatal = self._fatal or error
+        self._stop.set()
 
     def _decide(
         self,
@@ -378,6 +407,10 @@ class Engine:
             decision = answer if isinstance(answer, Decision) else classify(answer, now)
             outcome = self._outcome(mailbox, throttle, recipient, decision, now)
             outcomes.append(replace(outcome, recipient_count=message.recipient_count))
+        unexecuted = sum(
+            not o.attempted and o.status is Status.PENDING and o.code not in THROTTLE_CODES for o in outcomes
+        )
+        throttle.returned(unexecuted)
         return outcomes
 
     def _outcome(
@@ -391,7 +424,6 @@ class Engine:
         rid, verdict, code, message = recipient.id, decision.verdict, decision.code, decision.message
         attempts_after = recipient.attempts + 1
         if verdict is Verdict.SENT:
-            self._auth_failures = 0
             return Outcome(rid, Status.SENT, sent_at=now)
         if verdict is Verdict.FAILED:
             return Outcome(rid, Status.FAILED, code, message)
@@ -399,7 +431,7 @@ class Engine:
             check_at = now + self.settings.reconcile_after if self.settings.save_to_sent_items else None
             return Outcome(rid, Status.UNKNOWN, code, message, retry_at=check_at)
         if verdict is Verdict.REAUTH:
-            self._note_auth_failure(code, message)
+            self._force_refresh = True  # one refresh; a refused fresh token stops the run (_post_batch)
             return Outcome(rid, Status.PENDING, code, message, attempted=False)
         if verdict is Verdict.MAILBOX_STOPPED:
             self._stop_mailbox(mailbox, code, message)
@@ -409,7 +441,7 @@ class Engine:
             return Outcome(rid, Status.PENDING, code, message, attempted=False)
         # Verdict.RETRY: certainly not executed.
         executed = code != "FailedDependency"
-        if decision.retry_after is not None or code in {"TooManyRequests", "ApplicationThrottled"}:
+        if decision.retry_after is not None or code in THROTTLE_CODES:
             delay = self.policy.delay(attempts_after, decision.retry_after)
             throttle.pause(now + delay, f"throttled by Graph ({code})")
             throttle.rate.fill(now)
@@ -419,18 +451,6 @@ class Engine:
             return Outcome(rid, Status.FAILED, code, f"gave up after {attempts_after} attempts: {message}")
         retry_at = now + self.policy.delay(attempts_after, None) if executed else None
         return Outcome(rid, Status.PENDING, code, message, retry_at=retry_at, attempted=executed)
-
-    def _note_auth_failure(self, code: str | None, message: str | None) -> None:
-        """A refused token: refresh once; refused again right after a refresh means sign-in is broken."""
-        self._auth_failures += 1
-        if self._auth_failures > 2 * self.settings.batch_size:
-            self._fatal = AuthError(
-                f"Graph keeps refusing fresh tokens ({code}: {message})",
-                hint="check the app registration's permissions and admin consent",
-            )
-            self._stop.set()
-        else:
-            self._force_refresh = True
 
     def _stop_mailbox(self, mailbox: str, code: str | None, message: str | None) -> None:
         if mailbox in self.active:

@@ -9,7 +9,7 @@ a 429 storm); :class:`MailboxThrottle` adds the pause a ``Retry-After`` or a quo
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 WINDOW_MARGIN = 0.05  # seconds of slack for clock and latency differences between us and Exchange
 
@@ -46,6 +46,11 @@ class RateWindow:
         if self.limit is not None:
             self._events.extend([now] * count)
 
+    def give_back(self, count: int) -> None:
+        """Return the slots of messages the server never executed (refused token, failed dependency)."""
+        for _ in range(min(count, len(self._events))):
+            self._events.pop()
+
     def fill(self, now: float) -> None:
         """Treat the window as full from ``now``: the server said we are over, so believe it."""
         if self.limit is not None:
@@ -72,8 +77,6 @@ class MailboxThrottle:
     daily: DailyCap
     paused_until: float = 0.0
     pause_reason: str | None = None
-    consecutive_throttles: int = 0
-    history: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
     def pause(self, until: float, reason: str) -> None:
         if until > self.paused_until:
@@ -95,3 +98,8 @@ class MailboxThrottle:
     def took(self, now: float, count: int) -> None:
         self.rate.take(now, count)
         self.daily.used += count
+
+    def returned(self, count: int) -> None:
+        """Messages that were claimed against the limits but never reached Exchange."""
+        self.rate.give_back(count)
+        self.daily.used = max(0, self.daily.used - count)
