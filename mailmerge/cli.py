@@ -31,7 +31,6 @@ from mailmerge.auth import stop_reason_hint, stopped_mailboxes_error, token_sour
 from mailmerge.bounces import BounceHarvest, export_suppressions, parse_since, read_bounces
 from mailmerge.campaign import Campaign, load_campaign
 from mailmerge.checkview import print_dry_run, print_preflight, print_preview
-from mailmerge.clock import SystemClock
 from mailmerge.dryrun import dry_run as write_dry_run
 from mailmerge.errors import ConfigError, ExitCode, MailmergeError, SendError, StoreError
 from mailmerge.overview import CampaignStatus, campaign_status, find_databases, list_campaigns
@@ -143,14 +142,13 @@ def _exit_code(summary: RunSummary) -> ExitCode:
 
 
 async def _send_with_progress(campaign: Campaign, store: Store, secret: str | None) -> RunSummary:
-    clock = SystemClock()
     tokens = token_source(campaign, secret=secret)
     await tokens.token()  # sign-in problems surface now, before any recipient is claimed
     transport = AiohttpTransport(ca_file=campaign.settings.graph.ca_file)
-    engine = build_engine(campaign, store, transport=transport, tokens=tokens, clock=clock)
+    engine = build_engine(campaign, store, transport=transport, tokens=tokens)
     counts = store.counts(engine.campaign_id)
     to_send = counts[Status.PENDING] + counts[Status.UNKNOWN] + counts[Status.SENDING]
-    view = ProgressView(console, engine.stats, to_send=to_send, clock=clock)
+    view = ProgressView(console, engine.stats, to_send=to_send, clock=store.clock)
     finished = asyncio.Event()
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
@@ -362,19 +360,18 @@ def _when(epoch: float | None) -> str:
 
 def _print_status(state: CampaignStatus) -> None:
     _print_counts(state.counts, f"{state.campaign}: where things stand")
-    if state.mailboxes:
-        table = Table(title="sending mailboxes (24-hour recipient limit: used by every campaign here)")
-        for column in ("mailbox", "sent", "bounced", "failed", "unknown", "used 24 h", "left 24 h", "frees"):
-            table.add_column(column, justify="left" if column == "mailbox" else "right")
-        for box in state.mailboxes:
-            table.add_row(
-                escape(box.mailbox),
-                *(f"{box.counts[s]:,}" for s in (Status.SENT, Status.BOUNCED, Status.FAILED, Status.UNKNOWN)),
-                f"{box.used_24h:,}",
-                "no limit" if box.left_24h is None else f"{box.left_24h:,} of {box.daily_limit:,}",
-                _when(box.frees_at) if box.frees_at else "",
-            )
-        console.print(table)
+    for item in state.mailboxes:
+        per = ", ".join(f"{item.counts[s]:,} {s.value}" for s in Status if item.counts[s])
+        if item.left_24h is None:
+            quota = f"{item.used_24h:,} recipients in the last 24 h (no daily limit)"
+        else:
+            used = f"{item.used_24h:,} of {item.daily_limit:,}"
+            quota = f"{used} recipients used in the last 24 h, {item.left_24h:,} left"
+            if item.frees_at:
+                quota += f" (more from {_when(item.frees_at)})"
+        console.print(
+            f"[bold]{escape(item.mailbox)}[/]: {per or 'nothing attempted yet'}; {quota}", highlight=False
+        )
     lines = []
     if state.retries_waiting:
         lines.append(

@@ -91,3 +91,22 @@ def make_campaign(tmp_path: Path) -> MakeCampaign:
         return path
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def private_token_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test keeps its msal token cache to itself, never the user's ~/.cache."""
+    monkeypatch.setenv("MAILMERGE_TOKEN_CACHE_DIR", str(tmp_path_factory.mktemp("tokens")))
+
+
+def point_at(campaign_file: Path, sandbox: object, **graph: object) -> None:
+    """Rewrite a campaign file so its authority and Graph URLs are the emulator's (as for a national
+    cloud: only endpoints change)."""
+    extra = "".join(f"{key} = {value!r}\n" for key, value in graph.items())
+    text = campaign_file.read_text(encoding="utf-8")
+    text = text.replace(
+        "[auth]\n",
+        f'[auth]\nauthority = "{sandbox.authority_host}"\nca_file = "{sandbox.ca_file}"\n',  # type: ignore[attr-defined]
+    )
+    text += f'\n[graph]\nbase_url = "{sandbox.graph_base_url}"\nca_file = "{sandbox.ca_file}"\n{extra}'  # type: ignore[attr-defined]
+    campaign_file.write_text(text, encoding="utf-8")

@@ -106,7 +106,6 @@ def _run(path: Path, graph: FakeGraph, *, tokens: Tokens | None = None, **overri
         store,
         transport=graph,
         tokens=tokens or Tokens(),
-        clock=clock,
         settings=settings,
         rng=random.Random(1),
     )

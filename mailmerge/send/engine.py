@@ -244,7 +244,7 @@ class Engine:
             return True
         throttle.took(now, len(claimed))
         stats.first_send_at = stats.first_send_at or now
-        task = asyncio.create_task(self._send_batch(mailbox, claimed, slot))
+        task = asyncio.create_task(self._send_batch(mailbox, claimed, slot, now))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
         return True
@@ -286,7 +286,7 @@ class Engine:
         return f"b{self._batch_counter}-"
 
     async def _send_batch(
-        self, mailbox: str, claimed: list[ClaimedRecipient], slot: asyncio.Semaphore
+        self, mailbox: str, claimed: list[ClaimedRecipient], slot: asyncio.Semaphore, claimed_at: float
     ) -> None:
         stats = self.stats.mailboxes[mailbox]
         stats.in_flight += len(claimed)
@@ -315,6 +315,7 @@ class Engine:
             if items:
                 answers = await self._post_batch(items)
                 outcomes.extend(self._decide(mailbox, by_item, answers))
+            self._settle_limits(mailbox, claimed, outcomes, claimed_at)
             self.store.record(self.campaign_id, outcomes, worker=self.worker)
             self._count(stats, outcomes)
         except Exception as exc:  # a bug, a database or sign-in failure: stop cleanly
@@ -323,6 +324,27 @@ class Engine:
             stats.in_flight -= len(claimed)
             slot.release()
             self._wake[mailbox].set()
+
+    def _settle_limits(
+        self, mailbox: str, claimed: list[ClaimedRecipient], outcomes: list[Outcome], claimed_at: float
+    ) -> None:
+        """Tell the mailbox's limits when the batch's messages were accepted.
+
+        Exchange counts a message when it accepts it, somewhere between ``claimed_at`` and now; the
+        slot is placed at now, the latest that can be, so our window never frees it before Exchange's
+        does. A message that never reached Exchange gives its slot back.
+        """
+        by_id = {o.recipient_id: o for o in outcomes}
+        done = self.clock.time()
+        accepted = [done if self._reached_exchange(by_id[r.id]) else None for r in claimed]
+        self.throttles[mailbox].settle(claimed_at, accepted)
+
+    @staticmethod
+    def _reached_exchange(outcome: Outcome) -> bool:
+        """Whether Exchange may have counted this message against the mailbox's limits."""
+        return outcome.status in (Status.SENT, Status.UNKNOWN) or (
+            outcome.status is Status.FAILED and outcome.attempted
+        )
 
     def _message_for(self, recipient: ClaimedRecipient) -> OutgoingMessage | RowProblem:
         rendered = self.renderer.render(
@@ -407,10 +429,6 @@ class Engine:
             decision = answer if isinstance(answer, Decision) else classify(answer, now)
             outcome = self._outcome(mailbox, throttle, recipient, decision, now)
             outcomes.append(replace(outcome, recipient_count=message.recipient_count))
-        unexecuted = sum(
-            not o.attempted and o.status is Status.PENDING and o.code not in THROTTLE_CODES for o in outcomes
-        )
-        throttle.returned(unexecuted)
         return outcomes
 
     def _outcome(
@@ -446,6 +464,10 @@ class Engine:
             throttle.pause(now + delay, f"throttled by Graph ({code})")
             throttle.rate.fill(now)
             self.stats.mailboxes[mailbox].throttled += 1
+            if self.settings.save_to_sent_items:
+                # Throttling answers have been seen for mail that was delivered: look before resending.
+                check_at = now + max(delay, self.settings.reconcile_after)
+                return Outcome(rid, Status.UNKNOWN, code, message, retry_at=check_at)
             return Outcome(rid, Status.PENDING, code, message, attempted=False)
         if executed and self.policy.exhausted(attempts_after):
             return Outcome(rid, Status.FAILED, code, f"gave up after {attempts_after} attempts: {message}")

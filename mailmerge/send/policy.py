@@ -22,7 +22,7 @@ class Verdict(StrEnum):
 
     SENT = "sent"  # 202: accepted for delivery
     FAILED = "failed"  # this recipient's message cannot be sent as it is
-    RETRY = "retry"  # certainly not executed (throttled, dependency failed): send again later
+    RETRY = "retry"  # Graph says not executed (throttled, dependency failed): send again later
     UNKNOWN = "unknown"  # may have been delivered: look in Sent Items before sending again
     REAUTH = "reauth"  # the token was refused: get a new one, then send again
     MAILBOX_STOPPED = "mailbox_stopped"  # this mailbox cannot send at all (permissions, no mailbox)

@@ -2,16 +2,18 @@
 
 Exchange Online counts messages per mailbox over a rolling minute and recipients over a rolling
 24 hours, and Graph runs at most four requests per mailbox at once. :class:`RateWindow` mirrors the
-rolling count exactly (a token bucket with a burst would let 2x through in the first minute and earn
-a 429 storm); :class:`MailboxThrottle` adds the pause a ``Retry-After`` or a quota imposes.
+rolling count (a token bucket with a burst would let 2x through in the first minute and earn a 429
+storm). Exchange counts a message when it accepts it, which is some time after we send it; so a
+slot is first reserved at send time and then moved to the (estimated) acceptance time once the
+answer is in: the window never frees a slot before Exchange's does. :class:`MailboxThrottle` adds the
+pause a ``Retry-After`` or a quota imposes.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from bisect import bisect_left, insort
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-WINDOW_MARGIN = 0.05  # seconds of slack for clock and latency differences between us and Exchange
 
 
 class RateWindow:
@@ -19,12 +21,13 @@ class RateWindow:
 
     def __init__(self, limit: int | None, window: float = 60.0) -> None:
         self.limit = limit
-        self.window = window + WINDOW_MARGIN
-        self._events: deque[float] = deque()
+        self.window = window
+        self._events: list[float] = []  # sorted event times
 
     def _expire(self, now: float) -> None:
-        while self._events and self._events[0] <= now - self.window:
-            self._events.popleft()
+        cut = bisect_left(self._events, now - self.window + 1e-9)
+        if cut:
+            del self._events[:cut]
 
     def available(self, now: float, wanted: int) -> int:
         """How many of ``wanted`` events may happen now."""
@@ -43,18 +46,28 @@ class RateWindow:
         return self._events[len(self._events) - self.limit] + self.window
 
     def take(self, now: float, count: int) -> None:
+        """Reserve ``count`` slots at ``now`` (the moment the messages are sent)."""
         if self.limit is not None:
-            self._events.extend([now] * count)
+            for _ in range(count):
+                insort(self._events, now)
 
-    def give_back(self, count: int) -> None:
-        """Return the slots of messages the server never executed (refused token, failed dependency)."""
-        for _ in range(min(count, len(self._events))):
-            self._events.pop()
+    def settle(self, reserved_at: float, accepted_at: Sequence[float | None]) -> None:
+        """Move slots reserved at ``reserved_at`` to when each message was accepted; None gives the
+        slot back (the message never reached Exchange: refused token, failed dependency)."""
+        if self.limit is None:
+            return
+        for when in accepted_at:
+            index = bisect_left(self._events, reserved_at)
+            if index < len(self._events) and self._events[index] == reserved_at:
+                del self._events[index]
+            if when is not None:
+                insort(self._events, when)
 
     def fill(self, now: float) -> None:
         """Treat the window as full from ``now``: the server said we are over, so believe it."""
         if self.limit is not None:
-            self._events.extend([now] * max(0, self.limit - len(self._events)))
+            for _ in range(max(0, self.limit - len(self._events))):
+                insort(self._events, now)
 
 
 @dataclass
@@ -99,7 +112,7 @@ class MailboxThrottle:
         self.rate.take(now, count)
         self.daily.used += count
 
-    def returned(self, count: int) -> None:
-        """Messages that were claimed against the limits but never reached Exchange."""
-        self.rate.give_back(count)
-        self.daily.used = max(0, self.daily.used - count)
+    def settle(self, reserved_at: float, accepted_at: Sequence[float | None]) -> None:
+        """Record when the messages sent at ``reserved_at`` were accepted (None: never executed)."""
+        self.rate.settle(reserved_at, accepted_at)
+        self.daily.used = max(0, self.daily.used - sum(when is None for when in accepted_at))
