@@ -104,7 +104,8 @@ def _print_counts(counts: dict[Status, int], title: str) -> None:
     table.add_column("status")
     table.add_column("recipients", justify="right")
     for status, count in counts.items():
-        table.add_row(status.value, str(count))
+        if count or status is Status.SENT:
+            table.add_row(status.value, str(count))
     table.add_row("total", str(sum(counts.values())), style="bold")
     console.print(table)
 
@@ -116,7 +117,9 @@ def _plan(campaign: Campaign, counts: dict[Status, int]) -> None:
     rate = (limits.rate_limit or 0) * len(mailboxes)
     lines = [f"{to_send} recipients to send from {len(mailboxes)} mailbox(es): {', '.join(mailboxes)}"]
     if rate:
-        lines.append(f"at most {rate:g} messages/minute → about {to_send / rate:.1f} minutes of sending")
+        # The first minute's allowance goes at once; the rest at the rate.
+        minutes = max(0.0, to_send - rate) / rate
+        lines.append(f"at most {rate:g} messages/minute → about {minutes:.1f} minutes of sending")
     if limits.daily_limit:
         per_day = limits.daily_limit * len(mailboxes)
         days = to_send / per_day
