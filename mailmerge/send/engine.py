@@ -27,6 +27,7 @@ from mailmerge.send.graph import (
     OutgoingMessage,
     batch_body,
     mailbox_path,
+    needs_upload_session,
     parse_answer,
     parse_batch,
     send_mail_item,
@@ -35,6 +36,7 @@ from mailmerge.send.graph import (
 from mailmerge.send.policy import Decision, RetryPolicy, Verdict, classify, classify_transport_error
 from mailmerge.send.throttle import DailyCap, MailboxThrottle, RateWindow
 from mailmerge.send.transport import Transport, TransportError
+from mailmerge.send.upload import DraftSender
 from mailmerge.store import ClaimedRecipient, Outcome, Status, Store, new_worker_id
 
 DAY = 86_400.0
@@ -293,6 +295,7 @@ class Engine:
         try:
             items: list[BatchItem] = []
             by_item: dict[str, tuple[ClaimedRecipient, OutgoingMessage]] = {}
+            large: dict[str, tuple[ClaimedRecipient, OutgoingMessage]] = {}
             outcomes: list[Outcome] = []
             prefix = self._next_batch_prefix()
             for index, recipient in enumerate(claimed):
@@ -302,19 +305,28 @@ class Engine:
                         Outcome(recipient.id, Status.FAILED, "RenderError", str(message), attempted=False)
                     )
                     continue
-                item = send_mail_item(
-                    f"{prefix}{index}",
-                    self._senders[mailbox],
-                    message,
-                    save_to_sent_items=self.settings.save_to_sent_items,
+                item_id = f"{prefix}{index}"
+                if needs_upload_session(message):
+                    large[item_id] = (recipient, message)
+                    continue
+                items.append(
+                    send_mail_item(
+                        item_id,
+                        self._senders[mailbox],
+                        message,
+                        save_to_sent_items=self.settings.save_to_sent_items,
+                    )
                 )
-                items.append(item)
-                by_item[item.id] = (recipient, message)
+                by_item[item_id] = (recipient, message)
             # Cc and Bcc count against the daily recipient limit too; the claim counted one each.
-            self.throttles[mailbox].daily.used += sum(m.recipient_count - 1 for _r, m in by_item.values())
+            self.throttles[mailbox].daily.used += sum(
+                m.recipient_count - 1 for _r, m in (*by_item.values(), *large.values())
+            )
             if items:
                 answers = await self._post_batch(items)
                 outcomes.extend(self._decide(mailbox, by_item, answers))
+            if large:
+                outcomes.extend(self._decide(mailbox, large, await self._send_large(mailbox, large)))
             self._settle_limits(mailbox, claimed, outcomes, claimed_at)
             self.store.record(self.campaign_id, outcomes, worker=self.worker)
             self._count(stats, outcomes)
@@ -324,6 +336,23 @@ class Engine:
             stats.in_flight -= len(claimed)
             slot.release()
             self._wake[mailbox].set()
+
+    async def _send_large(
+        self, mailbox: str, messages: dict[str, tuple[ClaimedRecipient, OutgoingMessage]]
+    ) -> dict[str, ItemAnswer | Decision]:
+        """Send messages too big for ``sendMail`` one by one through drafts and upload sessions."""
+        decisions: dict[str, ItemAnswer | Decision] = {}
+        for item_id, (_recipient, message) in messages.items():
+            refreshed, self._force_refresh = self._force_refresh, False
+            sender = DraftSender(
+                self.transport,
+                base_url=self.graph_base_url,
+                token=await self.tokens.token(force_refresh=refreshed),
+                timeout=self.settings.request_timeout,
+                now=self.clock.time(),
+            )
+            decisions[item_id] = await sender.send(self._senders[mailbox], message)
+        return decisions
 
     def _settle_limits(
         self, mailbox: str, claimed: list[ClaimedRecipient], outcomes: list[Outcome], claimed_at: float

@@ -19,6 +19,12 @@ from urllib.parse import quote
 TAG_PROPERTY_ID = "String {4f1a3c9e-7b2d-4e58-9a61-0c3d5e7f9b21} Name MailMergeId"
 TAG_HEADER = "X-MailMerge-Id"
 BATCH_PATH = "/$batch"
+#: Graph refuses attachments of 3 MB or more inside a message; they go through an upload session.
+UPLOAD_SESSION_BYTES = 3 * 1024 * 1024
+#: Graph refuses a request body over 4 MB (a $batch counts as one request).
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+#: Upload chunks: at most 4 MB each, in multiples of 320 KiB as Graph recommends.
+UPLOAD_CHUNK_BYTES = 12 * 320 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +99,19 @@ class ItemAnswer:
     def error_message(self) -> str | None:
         error = self.body.get("error") if isinstance(self.body, dict) else None
         return str(error.get("message")) if isinstance(error, dict) and error.get("message") else None
+
+
+def encoded_size(message: OutgoingMessage) -> int:
+    """Roughly how many bytes the message takes in a JSON request (attachments grow by a third)."""
+    text = len((message.html or "").encode()) + len((message.text or "").encode())
+    return text + sum(4 * ((len(a.content) + 2) // 3) for a in message.attachments) + 2048
+
+
+def needs_upload_session(message: OutgoingMessage) -> bool:
+    """Whether the message must go as a draft with upload sessions instead of a plain ``sendMail``."""
+    return any(len(a.content) >= UPLOAD_SESSION_BYTES for a in message.attachments) or (
+        encoded_size(message) > MAX_REQUEST_BYTES // 2
+    )
 
 
 def mailbox_path(mailbox: str, *, delegated: bool = False) -> str:

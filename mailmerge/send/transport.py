@@ -9,6 +9,7 @@ what decides between "retry" and "outcome unknown".
 
 from __future__ import annotations
 
+import io
 import os
 import ssl
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Protocol
 
 import aiohttp
+
+LARGE_BODY_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +86,11 @@ class AiohttpTransport:
         self, method: str, url: str, *, headers: dict[str, str], body: bytes | None = None, timeout: float
     ) -> Response:
         session = self._open()
+        # aiohttp streams a file-like body in chunks instead of writing megabytes in one loop step.
+        data = io.BytesIO(body) if body is not None and len(body) > LARGE_BODY_BYTES else body
         try:
             async with session.request(
-                method, url, headers=headers, data=body, timeout=aiohttp.ClientTimeout(total=timeout)
+                method, url, headers=headers, data=data, timeout=aiohttp.ClientTimeout(total=timeout)
             ) as answer:
                 payload = await answer.read()
                 return Response(answer.status, dict(answer.headers), payload)
