@@ -17,6 +17,7 @@ Times are stored as epoch seconds (floats): exact, fast to compare, the same on 
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import socket
@@ -44,6 +45,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     or_,
     select,
     update,
@@ -126,6 +128,18 @@ recipients = Table(
     UniqueConstraint("campaign_id", "key", name="uq_recipient_key"),
     Index("ix_recipients_work", "campaign_id", "status", "id"),
     Index("ix_recipients_mailbox_window", "mailbox", "status", "last_attempt_at"),
+    # Reports and `status`: per-status and per-mailbox counts, retries due later and sends over time
+    # are all index-only scans of this one index, even on a campaign of a million recipients.
+    Index("ix_recipients_overview", "campaign_id", "status", "mailbox", "sent_at", "next_attempt_at"),
+)
+
+#: Only bounced rows have a bounce code: a partial index finds the soft bounces among a million sent.
+ix_recipients_bounce = Index(
+    "ix_recipients_bounce",
+    recipients.c.campaign_id,
+    recipients.c.bounce_code,
+    sqlite_where=recipients.c.bounce_code.is_not(None),
+    postgresql_where=recipients.c.bounce_code.is_not(None),
 )
 
 events = Table(
@@ -142,6 +156,69 @@ events = Table(
     Column("worker", String(200)),
     Index("ix_events_recipient", "recipient_id", "id"),
 )
+
+
+def _claim_statement() -> Any:
+    """Lease the next due pending rows of a campaign (``FOR UPDATE SKIP LOCKED`` where supported)."""
+    due = (
+        select(recipients.c.id)
+        .where(
+            recipients.c.campaign_id == bindparam("cid"),
+            recipients.c.status == Status.PENDING.value,
+            or_(recipients.c.next_attempt_at.is_(None), recipients.c.next_attempt_at <= bindparam("now")),
+        )
+        .order_by(recipients.c.id)
+        .limit(bindparam("limit", type_=Integer))
+        .with_for_update(skip_locked=True)
+    )
+    return (
+        update(recipients)
+        .where(recipients.c.id.in_(due.scalar_subquery()), recipients.c.status == Status.PENDING.value)
+        .values(
+            status=Status.SENDING.value,
+            mailbox=bindparam("mailbox"),
+            lease_owner=bindparam("owner"),
+            lease_expires_at=bindparam("lease_until"),
+            last_attempt_at=bindparam("now"),
+            first_attempt_at=func.coalesce(recipients.c.first_attempt_at, bindparam("now")),
+            updated_at=bindparam("now"),
+        )
+        .returning(
+            recipients.c.id,
+            recipients.c.row,
+            recipients.c.key,
+            recipients.c.email,
+            recipients.c.name,
+            recipients.c.fields,
+            recipients.c.tag,
+            recipients.c.attempts,
+        )
+    )
+
+
+#: Built once: the statements of the sending hot path (a claim and a record per batch).
+_CLAIM = _claim_statement()
+_RECORD = (
+    update(recipients)
+    .where(
+        recipients.c.id == bindparam("rid"),
+        recipients.c.status == bindparam("from_status"),
+        recipients.c.lease_owner == bindparam("owner"),
+    )
+    .values(
+        status=bindparam("to_status"),
+        attempts=recipients.c.attempts + bindparam("increment"),
+        next_attempt_at=bindparam("retry_at"),
+        sent_at=func.coalesce(bindparam("sent_at_value"), recipients.c.sent_at),
+        error_code=bindparam("code"),
+        error_message=bindparam("message"),
+        recipient_count=func.coalesce(bindparam("count"), recipients.c.recipient_count),
+        lease_owner=None,
+        lease_expires_at=None,
+        updated_at=bindparam("now"),
+    )
+)
+_INSERT_EVENT = insert(events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +257,17 @@ class Outcome:
     attempted: bool = True
     sent_at: float | None = None
     recipient_count: int | None = None  # To + Cc + Bcc of the message sent, when known
+
+
+@dataclass(frozen=True, slots=True)
+class Bounce:
+    """A non-delivery report matched to a recipient: hard (5.x.x) bounces, soft (4.x.x) is recorded only."""
+
+    recipient_id: int
+    hard: bool
+    code: str | None  # the enhanced status code, e.g. "5.1.1"
+    diagnostic: str
+    at: float  # when the report arrived
 
 
 def new_worker_id() -> str:
@@ -305,42 +393,14 @@ class Store:
     ) -> list[ClaimedRecipient]:
         """Lease up to ``limit`` due pending recipients to ``worker`` for sending from ``mailbox``."""
         now = self.clock.time()
-        candidates = (
-            select(recipients.c.id)
-            .where(
-                recipients.c.campaign_id == campaign_id,
-                recipients.c.status == Status.PENDING.value,
-                or_(recipients.c.next_attempt_at.is_(None), recipients.c.next_attempt_at <= now),
-            )
-            .order_by(recipients.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        statement = (
-            update(recipients)
-            .where(
-                recipients.c.id.in_(candidates.scalar_subquery()), recipients.c.status == Status.PENDING.value
-            )
-            .values(
-                status=Status.SENDING.value,
-                mailbox=mailbox,
-                lease_owner=worker,
-                lease_expires_at=now + lease_seconds,
-                last_attempt_at=now,
-                first_attempt_at=func.coalesce(recipients.c.first_attempt_at, now),
-                updated_at=now,
-            )
-            .returning(
-                recipients.c.id,
-                recipients.c.row,
-                recipients.c.key,
-                recipients.c.email,
-                recipients.c.name,
-                recipients.c.fields,
-                recipients.c.tag,
-                recipients.c.attempts,
-            )
-        )
+        values = {
+            "cid": campaign_id,
+            "now": now,
+            "limit": limit,
+            "mailbox": mailbox,
+            "owner": worker,
+            "lease_until": now + lease_seconds,
+        }
         with self.engine.begin() as conn:
             claimed = [
                 ClaimedRecipient(
@@ -354,11 +414,11 @@ class Store:
                     attempts=r.attempts,
                     mailbox=mailbox,
                 )
-                for r in conn.execute(statement)
+                for r in conn.execute(_CLAIM, values)
             ]
             if claimed:
                 conn.execute(
-                    insert(events),
+                    _INSERT_EVENT,
                     [
                         {
                             "campaign_id": campaign_id,
@@ -501,26 +561,6 @@ class Store:
             if outcome.status not in TRANSITIONS[from_status]:
                 raise ValueError(f"transition {from_status} -> {outcome.status} is not allowed")
         now = self.clock.time()
-        statement = (
-            update(recipients)
-            .where(
-                recipients.c.id == bindparam("rid"),
-                recipients.c.status == from_status.value,
-                recipients.c.lease_owner == worker,
-            )
-            .values(
-                status=bindparam("to_status"),
-                attempts=recipients.c.attempts + bindparam("increment"),
-                next_attempt_at=bindparam("retry_at"),
-                sent_at=func.coalesce(bindparam("sent_at_value"), recipients.c.sent_at),
-                error_code=bindparam("code"),
-                error_message=bindparam("message"),
-                recipient_count=func.coalesce(bindparam("count"), recipients.c.recipient_count),
-                lease_owner=None,
-                lease_expires_at=None,
-                updated_at=now,
-            )
-        )
         params = [
             {
                 "rid": o.recipient_id,
@@ -531,15 +571,18 @@ class Store:
                 "code": None if o.status is Status.SENT else o.code,
                 "message": None if o.status is Status.SENT else o.message,
                 "count": o.recipient_count,
+                "from_status": from_status.value,
+                "owner": worker,
+                "now": now,
             }
             for o in outcomes
         ]
         with self.engine.begin() as conn:
-            changed = conn.execute(statement, params).rowcount
+            changed = conn.execute(_RECORD, params).rowcount
             moved = [o for o in outcomes if o.status is not from_status]
             if moved:
                 conn.execute(
-                    insert(events),
+                    _INSERT_EVENT,
                     [
                         {
                             "campaign_id": campaign_id,
@@ -723,6 +766,389 @@ class Store:
                 .all()
             )
         return [dict(row) for row in rows]
+
+    # -- reports, status and bounces --------------------------------------------------------------
+    # Read-only aggregates and streams for `report`, `status` and `list`, and the one write that
+    # `bounces` needs. Every query here is an index probe or an index-only scan (see
+    # ix_recipients_work, ix_recipients_overview and ix_recipients_bounce), never one scan per status.
+
+    def _ensure_overview_indexes(self) -> None:
+        """Add the indexes these queries rely on to a database created before they existed."""
+        if getattr(self, "_overview_ready", False):
+            return
+        table_indexes = {index.name: index for index in recipients.indexes}
+        with self.engine.begin() as conn:
+            for name in ("ix_recipients_overview", "ix_recipients_bounce"):
+                table_indexes[name].create(conn, checkfirst=True)
+        self._overview_ready = True
+
+    @staticmethod
+    def holds_state(url: str) -> bool:
+        """Whether the database at ``url`` holds mailmerge's tables, checked without creating them."""
+        try:
+            engine = create_engine(url)
+            try:
+                inspector = inspect(engine)
+                return inspector.has_table("campaigns") and inspector.has_table("recipients")
+            finally:
+                engine.dispose()
+        except SQLAlchemyError as exc:
+            raise StoreError(
+                f"cannot open the database: {exc.__class__.__name__}", context=_safe_url(url)
+            ) from exc
+
+    def campaign_list(self) -> list[dict[str, Any]]:
+        """Every campaign in this database, oldest first, with its recipients counted per status."""
+        self._ensure_overview_indexes()
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(campaigns.c.id, campaigns.c.name, campaigns.c.created_at).order_by(campaigns.c.id)
+            ).all()
+            tallies = conn.execute(
+                select(recipients.c.campaign_id, recipients.c.status, func.count()).group_by(
+                    recipients.c.campaign_id, recipients.c.status
+                )
+            ).all()
+        counts: dict[int, dict[Status, int]] = {row.id: dict.fromkeys(Status, 0) for row in found}
+        for campaign_id, status, count in tallies:
+            if campaign_id in counts:
+                counts[campaign_id][Status(status)] = count
+        return [
+            {"id": row.id, "name": row.name, "created_at": row.created_at, "counts": counts[row.id]}
+            for row in found
+        ]
+
+    def campaign_created_at(self, campaign_id: int) -> float | None:
+        """When the campaign was first recorded (its first run), in epoch seconds."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(campaigns.c.created_at).where(campaigns.c.id == campaign_id)
+            ).scalar_one_or_none()
+
+    def counts_by_mailbox(self, campaign_id: int) -> dict[str, dict[Status, int]]:
+        """Recipients per sending mailbox and status (recipients never attempted have no mailbox)."""
+        self._ensure_overview_indexes()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(recipients.c.status, recipients.c.mailbox, func.count())
+                .where(recipients.c.campaign_id == campaign_id, recipients.c.mailbox.is_not(None))
+                .group_by(recipients.c.status, recipients.c.mailbox)
+            ).all()
+        result: dict[str, dict[Status, int]] = {}
+        for status, mailbox, count in rows:
+            result.setdefault(mailbox, dict.fromkeys(Status, 0))[Status(status)] = count
+        return dict(sorted(result.items()))
+
+    def waiting(self, campaign_id: int, status: Status, now: float) -> tuple[int, float | None]:
+        """How many recipients in ``status`` wait for a time after ``now``, and the earliest such time."""
+        self._ensure_overview_indexes()
+        with self.engine.connect() as conn:
+            count, earliest = conn.execute(
+                select(func.count(), func.min(recipients.c.next_attempt_at)).where(
+                    recipients.c.campaign_id == campaign_id,
+                    recipients.c.status == status.value,
+                    recipients.c.next_attempt_at > now,
+                )
+            ).one()
+        return count, earliest
+
+    def window_started_at(self, mailbox: str, since: float) -> float | None:
+        """The oldest attempt from ``mailbox`` still inside the window that began at ``since``."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(func.min(recipients.c.last_attempt_at)).where(
+                    recipients.c.mailbox == mailbox,
+                    recipients.c.status.in_([Status.SENT.value, Status.SENDING.value, Status.UNKNOWN.value]),
+                    recipients.c.last_attempt_at >= since,
+                )
+            ).scalar()
+
+    def sent_span(self, campaign_id: int) -> tuple[float | None, float | None]:
+        """The first and last time a message of the campaign was accepted (sent or later bounced)."""
+        self._ensure_overview_indexes()
+        with self.engine.connect() as conn:
+            first, last = conn.execute(
+                select(func.min(recipients.c.sent_at), func.max(recipients.c.sent_at)).where(
+                    recipients.c.campaign_id == campaign_id,
+                    recipients.c.status.in_([Status.SENT.value, Status.BOUNCED.value]),
+                )
+            ).one()
+        return first, last
+
+    def sends_over_time(self, campaign_id: int, bucket_seconds: int) -> list[tuple[str, int, int]]:
+        """``(mailbox, bucket, messages)`` for messages accepted, bucket = sent_at // bucket_seconds."""
+        self._ensure_overview_indexes()
+        ratio = recipients.c.sent_at / bucket_seconds
+        bucket = (
+            func.cast(ratio, Integer) if self.engine.dialect.name == "sqlite" else func.floor(ratio)
+        ).label("bucket")
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(recipients.c.mailbox, bucket, func.count())
+                .where(
+                    recipients.c.campaign_id == campaign_id,
+                    recipients.c.status.in_([Status.SENT.value, Status.BOUNCED.value]),
+                    recipients.c.sent_at.is_not(None),
+                )
+                .group_by(recipients.c.mailbox, bucket)
+            ).all()
+        return [(mailbox or "", int(b), count) for mailbox, b, count in rows]
+
+    def problem_groups(self, campaign_id: int) -> list[dict[str, Any]]:
+        """Recipients not (or not cleanly) delivered, grouped by status and cause, largest group first.
+
+        Each group: ``status``, ``code`` (the Graph error code, or the bounce status code), ``count``,
+        one example ``message`` and the spreadsheet ``rows`` of its first few recipients. Soft bounces
+        (still ``sent``) form groups of their own with ``soft_bounce`` set.
+        """
+        self._ensure_overview_indexes()
+        error_statuses = [Status.FAILED, Status.UNKNOWN, Status.INVALID, Status.SUPPRESSED, Status.DUPLICATE]
+        groups: list[dict[str, Any]] = []
+        with self.engine.connect() as conn:
+            for status, code_column, message_column, extra in (
+                (error_statuses, recipients.c.error_code, recipients.c.error_message, None),
+                ([Status.PENDING], recipients.c.error_code, recipients.c.error_message, "retry"),
+                ([Status.BOUNCED], recipients.c.bounce_code, recipients.c.bounce_diagnostic, None),
+                ([Status.SENT], recipients.c.bounce_code, recipients.c.bounce_diagnostic, "soft"),
+            ):
+                condition = and_(
+                    recipients.c.campaign_id == campaign_id,
+                    recipients.c.status.in_([s.value for s in status]),
+                )
+                if extra == "retry":
+                    condition = and_(condition, recipients.c.error_code.is_not(None))
+                if extra == "soft":
+                    condition = and_(condition, recipients.c.bounce_code.is_not(None))
+                rows = conn.execute(
+                    select(
+                        recipients.c.status,
+                        code_column,
+                        func.count(),
+                        func.min(message_column),
+                        func.min(recipients.c.id),
+                    )
+                    .where(condition)
+                    .group_by(recipients.c.status, code_column)
+                ).all()
+                for row_status, code, count, message, first_id in rows:
+                    examples = conn.execute(
+                        select(recipients.c.row)
+                        .where(
+                            condition,
+                            recipients.c.status == row_status,
+                            code_column.is_(None) if code is None else code_column == code,
+                            recipients.c.id >= first_id,
+                        )
+                        .order_by(recipients.c.id)
+                        .limit(5)
+                    ).scalars()
+                    groups.append(
+                        {
+                            "status": Status(row_status),
+                            "code": code,
+                            "count": count,
+                            "message": message,
+                            "rows": list(examples),
+                            "soft_bounce": extra == "soft",
+                        }
+                    )
+        groups.sort(key=lambda g: (-g["count"], g["status"].value, g["code"] or ""))
+        return groups
+
+    def field_names(self, campaign_id: int) -> list[str]:
+        """The spreadsheet's column names, as stored with the campaign's first recipient."""
+        with self.engine.connect() as conn:
+            first = conn.execute(
+                select(recipients.c.fields)
+                .where(recipients.c.campaign_id == campaign_id)
+                .order_by(recipients.c.id)
+                .limit(1)
+            ).scalar()
+        return list(json.loads(first)) if first else []
+
+    def iter_report(
+        self,
+        campaign_id: int,
+        *,
+        statuses: Iterable[Status] | None = None,
+        with_fields: bool = False,
+        chunk: int = 1_000,
+    ) -> Iterator[dict[str, Any]]:
+        """Recipients of the campaign in row order with every column a report shows, streamed.
+
+        One stream per status, each paged along ``ix_recipients_work`` (campaign, status, id) and merged
+        by id: every page is an index range, so memory and time per page stay flat at any size. A
+        report read while a run goes on sees each page as it was when read.
+        """
+        self._ensure_overview_indexes()
+        wanted = sorted(set(statuses) if statuses is not None else set(Status), key=lambda s: s.value)
+        streams = [self._report_pages(campaign_id, status, with_fields, chunk) for status in wanted]
+        yield from heapq.merge(*streams, key=lambda record: record["id"])
+
+    def _report_pages(
+        self, campaign_id: int, status: Status, with_fields: bool, chunk: int
+    ) -> Iterator[dict[str, Any]]:
+        names = [
+            "id",
+            "row",
+            "key",
+            "email",
+            "name",
+            "status",
+            "attempts",
+            "mailbox",
+            "first_attempt_at",
+            "last_attempt_at",
+            "sent_at",
+            "error_code",
+            "error_message",
+            "bounce_code",
+            "bounce_diagnostic",
+            "bounced_at",
+            "tag",
+        ]
+        if with_fields:
+            names.append("fields")
+        columns = [recipients.c[name] for name in names]
+        last_id = 0
+        while True:
+            with self.engine.connect() as conn:
+                rows = (
+                    conn.execute(
+                        select(*columns)
+                        .where(
+                            recipients.c.campaign_id == campaign_id,
+                            recipients.c.status == status.value,
+                            recipients.c.id > last_id,
+                        )
+                        .order_by(recipients.c.id)
+                        .limit(chunk)
+                    )
+                    .mappings()
+                    .all()
+                )
+            for row in rows:
+                record = dict(row)
+                if with_fields:
+                    record["fields"] = json.loads(record["fields"])
+                yield record
+            if len(rows) < chunk:
+                return
+            last_id = rows[-1]["id"]
+
+    def recipient_by_tag(self, campaign_id: int, tag: str) -> dict[str, Any] | None:
+        """The campaign's recipient whose messages carry ``tag`` (a unique-index probe)."""
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(
+                        recipients.c.id, recipients.c.email, recipients.c.status, recipients.c.mailbox
+                    ).where(recipients.c.campaign_id == campaign_id, recipients.c.tag == tag)
+                )
+                .mappings()
+                .first()
+            )
+        return dict(row) if row else None
+
+    def delivered_by_address(
+        self, campaign_id: int, addresses: Iterable[str], *, chunk: int = 5_000
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Sent or bounced recipients whose address (case-insensitively) is one of ``addresses``.
+
+        Addresses are not indexed, so this is one streamed pass over the sent recipients, made once for
+        all the reports that carried no tag or message id rather than once per report.
+        """
+        wanted = {address.lower() for address in addresses}
+        found: dict[str, list[dict[str, Any]]] = {}
+        if not wanted:
+            return found
+        for status in (Status.SENT, Status.BOUNCED):
+            last_id = 0
+            while True:
+                with self.engine.connect() as conn:
+                    rows = (
+                        conn.execute(
+                            select(
+                                recipients.c.id,
+                                recipients.c.email,
+                                recipients.c.status,
+                                recipients.c.mailbox,
+                                recipients.c.sent_at,
+                            )
+                            .where(
+                                recipients.c.campaign_id == campaign_id,
+                                recipients.c.status == status.value,
+                                recipients.c.id > last_id,
+                            )
+                            .order_by(recipients.c.id)
+                            .limit(chunk)
+                        )
+                        .mappings()
+                        .all()
+                    )
+                for row in rows:
+                    if row["email"].lower() in wanted:
+                        found.setdefault(row["email"].lower(), []).append(dict(row))
+                if len(rows) < chunk:
+                    break
+                last_id = rows[-1]["id"]
+        return found
+
+    def record_bounces(self, campaign_id: int, bounces: Sequence[Bounce]) -> dict[str, int]:
+        """Record non-delivery reports in one transaction; returns how many were ``hard``, ``soft``
+        or ``unchanged``.
+
+        A hard bounce moves a ``sent`` recipient to ``bounced``. A soft bounce keeps it ``sent`` and
+        records the diagnostic, unless an equal or later report is already recorded. Either way an
+        event row says so. Running it again with the same reports changes nothing: idempotent.
+        """
+        now = self.clock.time()
+        result = {"hard": 0, "soft": 0, "unchanged": 0}
+        with self.engine.begin() as conn:
+            for bounce in bounces:
+                condition = and_(
+                    recipients.c.id == bounce.recipient_id,
+                    recipients.c.campaign_id == campaign_id,
+                    recipients.c.status == Status.SENT.value,
+                )
+                values: dict[str, Any] = {
+                    "bounce_code": bounce.code,
+                    "bounce_diagnostic": bounce.diagnostic,
+                    "bounced_at": bounce.at,
+                    "updated_at": now,
+                }
+                if bounce.hard:
+                    values["status"] = Status.BOUNCED.value
+                else:
+                    condition = and_(
+                        condition,
+                        or_(recipients.c.bounced_at.is_(None), recipients.c.bounced_at < bounce.at),
+                    )
+                if not conn.execute(update(recipients).where(condition).values(**values)).rowcount:
+                    result["unchanged"] += 1
+                    continue
+                result["hard" if bounce.hard else "soft"] += 1
+                conn.execute(
+                    insert(events).values(
+                        campaign_id=campaign_id,
+                        recipient_id=bounce.recipient_id,
+                        at=now,
+                        from_status=Status.SENT.value,
+                        to_status=(Status.BOUNCED if bounce.hard else Status.SENT).value,
+                        code="HardBounce" if bounce.hard else "SoftBounce",
+                        detail=bounce.diagnostic,
+                        worker=None,
+                    )
+                )
+        return result
+
+    def iter_bounced(self, campaign_id: int, *, chunk: int = 2_000) -> Iterator[dict[str, Any]]:
+        """Hard-bounced recipients in row order: address, name, bounce code, diagnostic and time."""
+        for record in self._report_pages(campaign_id, Status.BOUNCED, False, chunk):
+            yield {
+                name: record[name]
+                for name in ("row", "email", "name", "bounce_code", "bounce_diagnostic", "bounced_at")
+            }
 
 
 def _safe_url(url: str) -> str:
