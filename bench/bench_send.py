@@ -44,13 +44,20 @@ def serve(conn: Any, mailboxes: list[str], per_minute: int | None, factor: float
     """The emulator's process: answers until the driver says stop, then reports what it saw."""
     from mailmerge.sandbox import Limits, Profile, Sandbox, ScaledClock
 
-    limits = Limits.unlimited() if per_minute is None else Limits(
-        messages_per_minute=per_minute, requests_per_10_minutes=None, recipients_per_24h=None)
+    limits = (
+        Limits.unlimited()
+        if per_minute is None
+        else Limits(messages_per_minute=per_minute, requests_per_10_minutes=None, recipients_per_24h=None)
+    )
     clock = ScaledClock(factor, start=start) if factor != 1 else None
     sandbox = Sandbox(Profile(limits=limits), clock=clock)
     with sandbox:
-        sandbox.register_app(tenant=TENANT, client_id=CLIENT_ID, secret=SECRET,
-                             application_permissions=("Mail.Send", "Mail.ReadBasic.All"))
+        sandbox.register_app(
+            tenant=TENANT,
+            client_id=CLIENT_ID,
+            secret=SECRET,
+            application_permissions=("Mail.Send", "Mail.ReadBasic.All"),
+        )
         for mailbox in mailboxes:
             sandbox.add_mailbox(mailbox)
         conn.send((sandbox.authority_host, sandbox.graph_base_url, str(sandbox.ca_file)))
@@ -69,12 +76,19 @@ def serve(conn: Any, mailboxes: list[str], per_minute: int | None, factor: float
 class Emulator:
     """The emulator in its own process, so it never competes with the client for the GIL."""
 
-    def __init__(self, mailboxes: list[str], *, per_minute: int | None = None, factor: float = 1.0,
-                 start: float | None = None) -> None:
+    def __init__(
+        self,
+        mailboxes: list[str],
+        *,
+        per_minute: int | None = None,
+        factor: float = 1.0,
+        start: float | None = None,
+    ) -> None:
         self.start = start or time.time()
         self._conn, child = mp.Pipe()
-        self._process = mp.Process(target=serve, args=(child, mailboxes, per_minute, factor, self.start),
-                                   daemon=True)
+        self._process = mp.Process(
+            target=serve, args=(child, mailboxes, per_minute, factor, self.start), daemon=True
+        )
         self._process.start()
         self.authority, self.graph, self.ca_file = self._conn.recv()
 
@@ -87,7 +101,9 @@ class Emulator:
         self._process.join(timeout=30)
 
 
-def write_campaign(folder: Path, emulator: Emulator, recipients: int, mailboxes: list[str], limits: str) -> Path:
+def write_campaign(
+    folder: Path, emulator: Emulator, recipients: int, mailboxes: list[str], limits: str
+) -> Path:
     with (folder / "people.csv").open("w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
         writer.writerow(["email", "name", "first_name", "city"])
@@ -96,7 +112,8 @@ def write_campaign(folder: Path, emulator: Emulator, recipients: int, mailboxes:
     (folder / "body.html.j2").write_text("<p>Dear {{ first_name }},</p><p>Greetings from {{ city }}.</p>")
     senders = ", ".join(f'"{m}"' for m in mailboxes)
     path = folder / "bench.toml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         [campaign]
         name = "bench"
         [sender]
@@ -118,7 +135,9 @@ def write_campaign(folder: Path, emulator: Emulator, recipients: int, mailboxes:
         ca_file = "{emulator.ca_file}"
         [limits]
         {limits}
-        """), encoding="utf-8")
+        """),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -132,11 +151,21 @@ def bench_throughput(recipients: int) -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            path = write_campaign(folder, emulator, recipients, mailboxes, "messages_per_minute = 'unlimited'\n"
-                                  "daily_recipients = 'unlimited'")
+            path = write_campaign(
+                folder,
+                emulator,
+                recipients,
+                mailboxes,
+                "messages_per_minute = 'unlimited'\ndaily_recipients = 'unlimited'",
+            )
             started = time.perf_counter()
-            result = subprocess.run([sys.executable, "-c", RSS_WRAPPER, "run", str(path)], env=_env(folder),
-                                    capture_output=True, text=True, check=False)
+            result = subprocess.run(
+                [sys.executable, "-c", RSS_WRAPPER, "run", str(path)],
+                env=_env(folder),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             wall = time.perf_counter() - started
             if result.returncode != 0:
                 raise SystemExit(result.stdout + result.stderr)
@@ -146,9 +175,13 @@ def bench_throughput(recipients: int) -> None:
                     "select min(first_attempt_at), max(sent_at), count(*) from recipients where status='sent'"
                 ).fetchone()
             delivered = emulator.ask("count")
-        print(f"throughput: {sent} sent ({delivered} accepted by the emulator) in {wall:.1f} s wall "
-              f"(incl. start-up, pre-flight and import)")
-        print(f"throughput: send phase {sent / (last - first):,.0f} messages/s; client peak RSS {peak_kb / 1024:.0f} MB")
+        print(
+            f"throughput: {sent} sent ({delivered} accepted by the emulator) in {wall:.1f} s wall "
+            f"(incl. start-up, pre-flight and import)"
+        )
+        print(
+            f"throughput: send phase {sent / (last - first):,.0f} messages/s; client peak RSS {peak_kb / 1024:.0f} MB"
+        )
     finally:
         emulator.stop()
 
@@ -162,7 +195,9 @@ def bench_pool(minutes: float = 6.0, factor: float = 60.0) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             os.environ.update(_env(folder))
-            path = write_campaign(folder, emulator, recipients, mailboxes, f"messages_per_minute = {per_minute}")
+            path = write_campaign(
+                folder, emulator, recipients, mailboxes, f"messages_per_minute = {per_minute}"
+            )
             sys.path.insert(0, str(REPO))
             from mailmerge.auth import token_source
             from mailmerge.campaign import load_campaign
@@ -173,8 +208,15 @@ def bench_pool(minutes: float = 6.0, factor: float = 60.0) -> None:
             campaign = load_campaign(path)
             with open_store(campaign, clock=ScaledClock(factor, start=start)) as store:
                 import_recipients(campaign, store)
-                asyncio.run(send(campaign, store, transport=AiohttpTransport(ca_file=emulator.ca_file),
-                                 tokens=token_source(campaign, secret=SECRET), rng=random.Random(1)))
+                asyncio.run(
+                    send(
+                        campaign,
+                        store,
+                        transport=AiohttpTransport(ca_file=emulator.ca_file),
+                        tokens=token_source(campaign, secret=SECRET),
+                        rng=random.Random(1),
+                    )
+                )
             accepted = emulator.ask("delivered")
             throttled = emulator.ask("throttled")
         ratios = []
@@ -183,9 +225,11 @@ def bench_pool(minutes: float = 6.0, factor: float = 60.0) -> None:
             whole = len(times) // per_minute - 1
             carried = sum(1 for t in times if t < times[0] + 60 * whole)
             ratios.append(carried / (per_minute * whole))
-        print(f"pool: {len(accepted)} messages from {len(mailboxes)} mailboxes at {per_minute}/min, "
-              f"time x{factor:g}: achieved/allowed per mailbox min {min(ratios):.3f} mean "
-              f"{sum(ratios) / len(ratios):.3f}; 429 answers: {throttled}")
+        print(
+            f"pool: {len(accepted)} messages from {len(mailboxes)} mailboxes at {per_minute}/min, "
+            f"time x{factor:g}: achieved/allowed per mailbox min {min(ratios):.3f} mean "
+            f"{sum(ratios) / len(ratios):.3f}; 429 answers: {throttled}"
+        )
     finally:
         emulator.stop()
 
@@ -196,19 +240,32 @@ def bench_resume(recipients: int) -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            path = write_campaign(folder, emulator, recipients, mailboxes, "messages_per_minute = 'unlimited'\n"
-                                  "daily_recipients = 'unlimited'")
+            path = write_campaign(
+                folder,
+                emulator,
+                recipients,
+                mailboxes,
+                "messages_per_minute = 'unlimited'\ndaily_recipients = 'unlimited'",
+            )
             env = _env(folder)
-            process = subprocess.Popen([sys.executable, "-m", "mailmerge", "run", str(path)], env=env,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mailmerge", "run", str(path)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             while emulator.ask("count") < recipients // 2 and process.poll() is None:
                 time.sleep(0.01)
             process.kill()
             process.wait()
             before = emulator.ask("count")
             started = time.perf_counter()
-            resumed = subprocess.Popen([sys.executable, "-m", "mailmerge", "resume", str(path)], env=env,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            resumed = subprocess.Popen(
+                [sys.executable, "-m", "mailmerge", "resume", str(path)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             while emulator.ask("count") == before:
                 time.sleep(0.002)
             first_new = time.perf_counter() - started
@@ -216,15 +273,19 @@ def bench_resume(recipients: int) -> None:
             with sqlite3.connect(folder / "bench.db") as db:
                 sent = db.execute("select count(*) from recipients where status='sent'").fetchone()[0]
             delivered = emulator.ask("count")
-        print(f"resume: killed at {before} of {recipients} accepted; first new send {first_new:.2f} s after "
-              f"`mailmerge resume` started; finished with {sent} sent, {delivered} accepted "
-              f"({'exactly once' if delivered == sent == recipients else 'MISMATCH'})")
+        print(
+            f"resume: killed at {before} of {recipients} accepted; first new send {first_new:.2f} s after "
+            f"`mailmerge resume` started; finished with {sent} sent, {delivered} accepted "
+            f"({'exactly once' if delivered == sent == recipients else 'MISMATCH'})"
+        )
     finally:
         emulator.stop()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("which", nargs="?", default="all", choices=["throughput", "pool", "resume", "all"])
     parser.add_argument("--recipients", type=int, default=100_000)
     args = parser.parse_args()

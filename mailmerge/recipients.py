@@ -2,27 +2,34 @@
 
 Rows are yielded chunk by chunk so a list of a million rows never sits in memory at once. Each row
 keeps its spreadsheet row number (the header is row 1, the first recipient row 2, as a spreadsheet
-program shows it), so every problem can be reported where the user will look for it.
+program shows it), so every problem can be reported where the user will look for it. Reading the
+file itself (encodings, delimiters, Excel cell types) is :mod:`mailmerge.tables`' job; this module
+turns rows into recipients: it names the columns, applies the ``where`` filter and checks the
+address, display name and key of every row.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import date, datetime
+from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from email_validator import EmailNotValidError, validate_email
 
-from mailmerge.campaign import Campaign
+from mailmerge.campaign import Campaign, RecipientsSection
 from mailmerge.errors import ConfigError, InputError
+from mailmerge.tables import CSV_SUFFIXES, Table, TableRow, open_table
 
 CHUNK_ROWS = 5_000
 _NOT_IDENTIFIER = re.compile(r"[^0-9a-zA-Z]+")
+#: Characters that end or fold a header line somewhere: CR, LF, other C0 controls, NEL, U+2028/9.
+_HEADER_BREAKERS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+_LEADING_ZERO = re.compile(r"^[+-]?0\d")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +45,17 @@ class Recipient:
 
 @dataclass(frozen=True, slots=True)
 class RowProblem:
-    """Why one row cannot be sent, said where the user will look for it."""
+    """Why one row cannot be sent, said where the user will look for it.
+
+    ``email`` and ``fields`` carry what was read of the row (when anything was), so a row skipped
+    with ``--skip-invalid`` can still be recorded and reported.
+    """
 
     row: int
     column: str | None
     message: str
+    email: str = field(default="", compare=False)
+    fields: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __str__(self) -> str:
         column = f", column {self.column!r}" if self.column else ""
@@ -69,114 +82,258 @@ def template_context(fields: dict[str, str]) -> dict[str, Any]:
     return context
 
 
-def _cell_text(value: object) -> str:
-    """A cell as a person would write it: no ``3.0`` for 3, no ``nan`` for an empty cell."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, datetime):
-        return value.date().isoformat() if value.time() == datetime.min.time() else value.isoformat(" ")
-    if isinstance(value, date):
-        return value.isoformat()
-    return str(value).strip()
+def header_breaker(value: str) -> str | None:
+    """The first character of ``value`` that would break a mail header (a line break), if any."""
+    found = _HEADER_BREAKERS.search(value)
+    return found.group() if found else None
+
+
+def check_address(raw: str, *, deliverability: bool = False) -> str:
+    """The normalised form of one address; :class:`ValueError` says why it is not one.
+
+    Internationalised addresses (``zoë@exämple.de``) are accepted; DNS is only asked when
+    ``deliverability`` is set (``[recipients] check_deliverability = true``).
+    """
+    if header_breaker(raw):
+        raise ValueError(f"{raw!r} contains a line break (header injection refused)")
+    try:
+        return validate_email(raw, check_deliverability=deliverability).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"{raw!r} is not a valid address: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """Which header positions become which fields, and where the email, name and key are."""
+
+    positions: list[tuple[int, str]]
+    email: str
+    name: str | None
+    key: list[str]
+    width: int
 
 
 class RecipientSource:
-    """The recipient list named by a campaign, read lazily in chunks."""
+    """The recipient list named by a campaign, read lazily in chunks.
+
+    After (or while) iterating, ``description`` says how the file was read, ``warnings`` lists what
+    was fixed on the way (column names with spaces around them, columns without a header) and
+    ``filtered_out`` counts the rows the ``where`` filter left out.
+    """
 
     def __init__(self, campaign: Campaign) -> None:
-        self.settings = campaign.settings.recipients
+        self.settings: RecipientsSection = campaign.settings.recipients
         self.path = campaign.resolve(self.settings.source)
-
-    def _frames(self) -> Iterator[pd.DataFrame]:
-        suffix = self.path.suffix.lower()
-        if not self.path.exists():
-            raise ConfigError(
-                f"recipient list not found: {self.path}",
-                context="[recipients] source",
-                hint="the path is relative to the campaign file",
-            )
-        try:
-            if suffix in {".csv", ".txt"}:
-                yield from pd.read_csv(
-                    self.path,
-                    dtype=str,
-                    keep_default_na=False,
-                    chunksize=CHUNK_ROWS,
-                    encoding=self.settings.encoding or "utf-8-sig",
-                    skipinitialspace=False,
-                )
-            elif suffix in {".xlsx", ".xlsm"}:
-                sheet = self.settings.sheet if self.settings.sheet is not None else 0
-                frame = pd.read_excel(self.path, sheet_name=sheet, dtype=object, engine="openpyxl")
-                for start in range(0, len(frame), CHUNK_ROWS):
-                    yield frame.iloc[start : start + CHUNK_ROWS]
-            else:
-                raise ConfigError(
-                    f"cannot read {self.path.name}: only .csv and .xlsx recipient lists are supported",
-                    context="[recipients] source",
-                )
-        except UnicodeDecodeError as exc:
-            raise InputError(
-                f"{self.path} is not {self.settings.encoding or 'UTF-8'} text: {exc.reason}",
-                hint='say which encoding it uses, e.g. encoding = "cp1252" under [recipients]',
-            ) from exc
-        except (pd.errors.ParserError, ValueError) as exc:
-            raise InputError(f"cannot read {self.path}: {exc}", hint="check the file's format") from exc
-
-    def _check_columns(self, columns: list[str]) -> None:
-        stripped = [column.strip() for column in columns]
-        names = [identifier(column) for column in stripped]
-        duplicates = sorted({c for c, n in zip(stripped, names, strict=True) if names.count(n) > 1})
-        if duplicates:
-            raise InputError(
-                f"{self.path}: columns {', '.join(map(repr, duplicates))} have the same name",
-                hint="give every column a distinct header",
-            )
-        wanted = {self.settings.email, *self.settings.key_columns}
-        if self.settings.name:
-            wanted.add(self.settings.name)
-        missing = sorted(wanted - set(stripped))
-        if missing:
-            raise InputError(
-                f"{self.path}: no column named {', '.join(map(repr, missing))}",
-                hint=f"the columns are {', '.join(map(repr, stripped))}; fix [recipients] or the header",
-            )
+        self.description = ""
+        self.columns: list[str] = []
+        self.warnings: list[str] = []
+        self.filtered_out = 0
 
     def chunks(self) -> Iterator[list[Recipient | RowProblem]]:
         """Every row in order, chunk by chunk, as a recipient or as the problem that stops it."""
-        next_row = 2
-        checked = False
-        for frame in self._frames():
-            columns = [str(column).strip() for column in frame.columns]
-            if not checked:
-                self._check_columns(columns)
-                checked = True
-            chunk: list[Recipient | RowProblem] = []
-            for values in frame.itertuples(index=False, name=None):
-                fields = {column: _cell_text(value) for column, value in zip(columns, values, strict=True)}
-                chunk.append(self._recipient(next_row, fields))
-                next_row += 1
-            yield chunk
+        self.warnings, self.filtered_out = [], 0
+        with open_table(
+            self.path,
+            sheet=self.settings.sheet,
+            encoding=self.settings.encoding,
+            delimiter=self.settings.delimiter,
+        ) as table:
+            self.description = table.description
+            columns = self._columns(table)
+            while batch := list(islice(table.rows, CHUNK_ROWS)):
+                yield self._chunk(table, columns, batch)
 
-    def _recipient(self, row: int, fields: dict[str, str]) -> Recipient | RowProblem:
-        email_column = self.settings.email
-        raw_email = fields[email_column]
-        if not raw_email:
-            return RowProblem(row, email_column, "the address is empty")
+    # -- columns -----------------------------------------------------------------------------------
+
+    def _columns(self, table: Table) -> _Columns:
+        name = self.path.name
+        positions: list[tuple[int, str]] = []
+        trimmed: list[str] = []
+        last_named = max((i for i, raw in enumerate(table.header) if raw.strip()), default=-1)
+        for index, raw in enumerate(table.header):
+            column = raw.strip()
+            if not column:
+                if index < last_named:
+                    self.warnings.append(
+                        f"{name}: column {_letters(index)} has no header; its values are ignored"
+                    )
+                continue
+            if column != raw:
+                trimmed.append(repr(raw))
+            positions.append((index, column))
+        if trimmed:
+            self.warnings.append(f"{name}: spaces around the column names {', '.join(trimmed)} were trimmed")
+        names = [column for _, column in positions]
+        repeated = sorted({c for c in names if names.count(c) > 1})
+        if repeated:
+            raise InputError(
+                f"{name}: the column name {', '.join(map(repr, repeated))} appears more than once",
+                context=str(self.path),
+                hint="give every column a distinct header",
+            )
+        by_identifier: dict[str, list[str]] = {}
+        for column in names:
+            by_identifier.setdefault(identifier(column), []).append(column)
+        clashes = [group for group in by_identifier.values() if len(group) > 1]
+        if clashes:
+            described = "; ".join(" and ".join(map(repr, group)) for group in clashes)
+            raise InputError(
+                f"{name}: columns {described} would share one template variable",
+                context=str(self.path),
+                hint="rename one of them so that {{ variable }} names can tell them apart",
+            )
+        if "row" in by_identifier:
+            self.warnings.append(
+                f"{name}: column {by_identifier['row'][0]!r} is only reachable as row[...] in templates: "
+                "`row` is the dictionary of all columns"
+            )
+        wanted = [self.settings.email, *self.settings.key_columns]
+        if self.settings.name:
+            wanted.append(self.settings.name)
+        found = {w: _find_column(w, names) for w in wanted}
+        missing = [w for w, column in found.items() if column is None]
+        if missing:
+            raise InputError(
+                f"{name}: no column named {', '.join(map(repr, missing))}",
+                context=str(self.path),
+                hint=f"the columns are {', '.join(map(repr, names))}; fix [recipients] or the header",
+            )
+        self.columns = names
+        return _Columns(
+            positions=positions,
+            email=str(found[self.settings.email]),
+            name=found[self.settings.name] if self.settings.name else None,
+            key=[str(found[k]) for k in self.settings.key_columns],
+            width=len(table.header),
+        )
+
+    # -- rows --------------------------------------------------------------------------------------
+
+    def _chunk(self, table: Table, columns: _Columns, batch: list[TableRow]) -> list[Recipient | RowProblem]:
+        read: list[tuple[TableRow, dict[str, str], RowProblem | None]] = []
+        for raw in batch:
+            if not any(cell.strip() for cell in raw.cells):
+                continue  # an empty row, as spreadsheets leave at the end: not a recipient
+            fields = {
+                column: (raw.cells[i].strip() if i < len(raw.cells) else "")
+                for i, column in columns.positions
+            }
+            read.append((raw, fields, self._shape_problem(table, columns, raw, fields)))
+        if self.settings.where and read:
+            keep = self._where([fields for _, fields, _ in read], read[0][0].row, read[-1][0].row)
+            kept = [entry for entry, wanted in zip(read, keep, strict=True) if wanted or entry[2]]
+            self.filtered_out += len(read) - len(kept)
+            read = kept
+        return [problem or self._recipient(raw.row, columns, fields) for raw, fields, problem in read]
+
+    @staticmethod
+    def _shape_problem(
+        table: Table, columns: _Columns, raw: TableRow, fields: dict[str, str]
+    ) -> RowProblem | None:
+        count = len(raw.cells)
+        if table.path.suffix.lower() not in CSV_SUFFIXES:
+            return None  # a spreadsheet has no ragged rows: cells beyond the header are ignored
+        if count < columns.width:
+            what = f"has {count} values but the header has {columns.width}"
+        elif any(cell.strip() for cell in raw.cells[columns.width :]):
+            what = (
+                f"has {count} values but the header has {columns.width} (an unquoted delimiter in a value?)"
+            )
+        else:
+            return None
+        return RowProblem(
+            raw.row,
+            None,
+            f"{table.path.name}, line {raw.line}: the row {what}",
+            email=fields.get(columns.email, ""),
+            fields=fields,
+        )
+
+    def _where(self, records: list[dict[str, str]], first: int, last: int) -> list[bool]:
+        """Which rows pass ``[recipients] where`` (a pandas expression over the columns)."""
+        frame = pd.DataFrame.from_records(records, columns=self.columns)
+        for column in self.columns:
+            frame[column] = _typed(frame[column])
+        for column in self.columns:
+            alias = identifier(column)
+            if alias not in frame.columns:
+                frame[alias] = frame[column]
+        expression = str(self.settings.where)
         try:
-            email = validate_email(raw_email, check_deliverability=False).normalized
-        except EmailNotValidError as exc:
-            return RowProblem(row, email_column, f"{raw_email!r} is not a valid address: {exc}")
+            result = frame.eval(expression, engine="python")
+        except Exception as exc:  # pandas raises many kinds for a bad expression
+            raise ConfigError(
+                f"the filter {expression!r} cannot be applied to rows {first}–{last}: "
+                f"{exc.__class__.__name__}: {exc}",
+                context="[recipients] where",
+                hint="use column names (in `backticks` if they contain spaces) and quote text: "
+                "country == 'NL' and age >= 18",
+            ) from exc
+        if not isinstance(result, pd.Series) or result.dtype != bool:
+            raise ConfigError(
+                f"the filter {expression!r} is not a condition (it gives {type(result).__name__})",
+                context="[recipients] where",
+                hint="compare something: country == 'NL'",
+            )
+        return [bool(value) for value in result]
+
+    def _recipient(self, row: int, columns: _Columns, fields: dict[str, str]) -> Recipient | RowProblem:
+        raw_email = fields[columns.email]
+        if not raw_email:
+            return RowProblem(row, columns.email, "the address is empty", fields=fields)
+        try:
+            email = check_address(raw_email, deliverability=self.settings.check_deliverability)
+        except ValueError as exc:
+            return RowProblem(row, columns.email, str(exc), email=raw_email, fields=fields)
+        name = fields.get(columns.name) if columns.name else None
+        if name and header_breaker(name):
+            return RowProblem(
+                row,
+                columns.name,
+                "the display name contains a line break (header injection refused)",
+                email=email,
+                fields=fields,
+            )
         key_parts = []
-        for column in self.settings.key_columns:
-            value = email.lower() if column == email_column else fields[column]
+        for column in columns.key:
+            value = email.lower() if column == columns.email else fields[column]
             if not value:
-                return RowProblem(row, column, "the key column is empty, so this row cannot be tracked")
+                return RowProblem(
+                    row,
+                    column,
+                    "the key column is empty, so this row cannot be tracked",
+                    email=email,
+                    fields=fields,
+                )
             key_parts.append(value)
-        name = fields.get(self.settings.name) if self.settings.name else None
         return Recipient(row=row, key="\x1f".join(key_parts), email=email, name=name or None, fields=fields)
+
+
+def _find_column(wanted: str, names: list[str]) -> str | None:
+    """The column a setting names: exactly, else the one column with the same identifier."""
+    if wanted in names:
+        return wanted
+    matches = [n for n in names if identifier(n) == identifier(wanted)]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _typed(values: pd.Series) -> pd.Series:
+    """Numbers where every filled cell is a number (and none has a leading zero, like a postcode),
+    so that ``age >= 18`` compares numbers; otherwise the text as it is."""
+    filled = values[values != ""]
+    if filled.empty or not filled.map(lambda v: bool(_NUMBER.match(v)) and not _LEADING_ZERO.match(v)).all():
+        return values
+    return pd.to_numeric(values.where(values != ""), errors="coerce")
+
+
+def _letters(index: int) -> str:
+    """A spreadsheet column letter for a 0-based index: 0 → A, 26 → AA."""
+    letters = ""
+    index += 1
+    while index:
+        index, remainder = divmod(index - 1, 26)
+        letters = chr(65 + remainder) + letters
+    return letters
 
 
 def source_path(campaign: Campaign) -> Path:

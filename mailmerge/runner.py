@@ -38,7 +38,7 @@ class Preflight:
     duplicates: int = 0
     suppressed: int = 0
     filtered_out: int = 0
-    upload_session: int = 0  # ready messages with an attachment of 3 MB or more
+    upload_session: int = 0  # ready messages over 4 MB or with an attachment of 3 MB or more
     largest_message: int = 0  # bytes (estimated), among ready messages
     description: str = ""  # how the list was read: "UTF-8, ';'-separated", "sheet 'People'"
     warnings: list[str] = field(default_factory=list)

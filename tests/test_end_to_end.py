@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def sample(tmp_path: Path) -> Path:
     """A private copy of the shipped sample campaign (campaign file, data, templates)."""
-    shutil.copytree(REPO / "campaigns", tmp_path / "campaigns", ignore=shutil.ignore_patterns("*.db*", "*.sandbox"))
+    shutil.copytree(
+        REPO / "campaigns", tmp_path / "campaigns", ignore=shutil.ignore_patterns("*.db*", "*.sandbox")
+    )
     shutil.copytree(REPO / "templates", tmp_path / "templates")
     return tmp_path / "campaigns" / "welcome.toml"
 
@@ -78,7 +80,11 @@ def test_missing_variable_on_last_row_sends_nothing(sample: Path) -> None:
     result = CliRunner().invoke(main, ["run", str(sample), "--sandbox"])
     assert result.exit_code == ExitCode.INPUT
     assert "1 of 30 rows cannot be sent" in result.output
-    assert "row 31" in result.output and "'plan' is undefined" in result.output and "html template, line 5" in result.output
+    assert (
+        "row 31" in result.output
+        and "'plan' is undefined" in result.output
+        and "html template, line 5" in result.output
+    )
     assert "nothing was sent" in result.output
     assert delivered(sample) == []
     assert not sample.with_suffix(".db").exists()

@@ -24,23 +24,34 @@ def test_large_and_small_attachments_arrive_whole(make_campaign, tmp_path: Path)
     (tmp_path / "files").mkdir()
     (tmp_path / "files" / "catalogue.bin").write_bytes(big)
     (tmp_path / "files" / "brochure.pdf").write_bytes(small)
-    rows = [{"email": f"p{i}@fabrikam.example", "name": f"P {i}", "first_name": f"P{i}", "city": "Oslo"}
-            for i in range(3)]
+    rows = [
+        {"email": f"p{i}@fabrikam.example", "name": f"P {i}", "first_name": f"P{i}", "city": "Oslo"}
+        for i in range(3)
+    ]
     path = make_campaign(rows, limits="messages_per_minute = 'unlimited'")
     text = path.read_text().replace(
-        'text = "body.txt.j2"', 'text = "body.txt.j2"\nattachments = ["files/catalogue.bin", "files/brochure.pdf"]'
+        'text = "body.txt.j2"',
+        'text = "body.txt.j2"\nattachments = ["files/catalogue.bin", "files/brochure.pdf"]',
     )
     path.write_text(text)
-    with Sandbox(Profile(limits=Limits(messages_per_minute=None, recipients_per_24h=None)),
-                 outbox=tmp_path / "outbox") as sandbox:
+    with Sandbox(
+        Profile(limits=Limits(messages_per_minute=None, recipients_per_24h=None)), outbox=tmp_path / "outbox"
+    ) as sandbox:
         sandbox.register_app(tenant=TENANT, client_id=CLIENT_ID, secret=SECRET)
         sandbox.add_mailbox("news@contoso.example")
         point_at(path, sandbox)
         campaign = load_campaign(path)
         with open_store(campaign) as store:
             import_recipients(campaign, store)
-            summary = asyncio.run(send(campaign, store, transport=AiohttpTransport(ca_file=sandbox.ca_file),
-                                       tokens=token_source(campaign, secret=SECRET), rng=random.Random(1)))
+            summary = asyncio.run(
+                send(
+                    campaign,
+                    store,
+                    transport=AiohttpTransport(ca_file=sandbox.ca_file),
+                    tokens=token_source(campaign, secret=SECRET),
+                    rng=random.Random(1),
+                )
+            )
         assert summary.counts[Status.SENT] == 3
         delivered = sandbox.delivered()
         assert sorted(m.recipients[0] for m in delivered) == [r["email"] for r in rows]

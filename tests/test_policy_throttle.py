@@ -40,7 +40,7 @@ def _answer(status: int, code: str | None = None, retry_after: str | None = None
         (403, "ErrorQuotaExceeded", Verdict.MAILBOX_PAUSED),
         (401, "InvalidAuthenticationToken", Verdict.REAUTH),
         (429, "ApplicationThrottled", Verdict.RETRY),
-        (424, None, Verdict.RETRY),
+        (424, None, Verdict.NOT_SENT),
         (500, None, Verdict.UNKNOWN),
         (503, "ServiceUnavailable", Verdict.UNKNOWN),
         (504, "GatewayTimeout", Verdict.UNKNOWN),

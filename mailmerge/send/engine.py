@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from mailmerge.clock import Clock
-from mailmerge.errors import AuthError, SendError
+from mailmerge.errors import AuthError, MailmergeError, SendError
 from mailmerge.recipients import Recipient
 from mailmerge.render import Renderer, RowProblem
 from mailmerge.send.graph import (
@@ -45,6 +45,16 @@ DAILY_CAP_RECHECK_SECONDS = 600.0
 IDLE_POLL_SECONDS = 0.5
 RECONCILE_POLL_SECONDS = 1.0
 THROTTLE_CODES = frozenset({"TooManyRequests", "ApplicationThrottled"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    value: str
+    refreshed: bool  # obtained by a forced refresh (after a 401)
+
+
+#: What a message gets when no token could be had: it was never sent.
+NO_TOKEN = Decision(Verdict.NOT_SENT, "SignInFailed", "not sent: no token could be obtained")
 
 
 class TokenSource(Protocol):
@@ -343,11 +353,14 @@ class Engine:
         """Send messages too big for ``sendMail`` one by one through drafts and upload sessions."""
         decisions: dict[str, ItemAnswer | Decision] = {}
         for item_id, (_recipient, message) in messages.items():
-            refreshed, self._force_refresh = self._force_refresh, False
+            token = await self._token()
+            if token is None:
+                decisions[item_id] = NO_TOKEN
+                continue
             sender = DraftSender(
                 self.transport,
                 base_url=self.graph_base_url,
-                token=await self.tokens.token(force_refresh=refreshed),
+                token=token.value,
                 timeout=self.settings.request_timeout,
                 now=self.clock.time(),
             )
@@ -406,8 +419,10 @@ class Engine:
         """POST one ``$batch``; every item gets either Graph's answer or a decision for a lost answer."""
         body = batch_body(items, sequential=len(items) > 1)
         ids = [item.id for item in items]
-        refreshed, self._force_refresh = self._force_refresh, False
-        token = await self.tokens.token(force_refresh=refreshed)
+        token = await self._token()
+        if token is None:
+            return dict.fromkeys(ids, NO_TOKEN)
+        refreshed = token.refreshed
         try:
             response = await self.transport.request(
                 "POST",
@@ -415,7 +430,7 @@ class Engine:
                 body=body,
                 timeout=self.settings.request_timeout,
                 headers={
-                    "Authorization": f"Bearer {token}",
+                    "Authorization": f"Bearer {token.value}",
                     "Content-Type": "application/json",
                     "Accept": "application/json",
                 },
@@ -438,6 +453,15 @@ class Engine:
                 )
             )
         return answers
+
+    async def _token(self) -> _Token | None:
+        """A bearer token (fresh after a 401); None when sign-in failed, which stops the run."""
+        refreshed, self._force_refresh = self._force_refresh, False
+        try:
+            return _Token(await self.tokens.token(force_refresh=refreshed), refreshed)
+        except MailmergeError as exc:
+            self._fail(exc)
+            return None
 
     def _fail(self, error: Exception) -> None:
         """Stop the run because of ``error``; what is recorded stays, leases mark what was in flight."""
@@ -486,8 +510,9 @@ class Engine:
         if verdict is Verdict.MAILBOX_PAUSED:
             throttle.pause(now + (decision.retry_after or 3600.0), f"quota: {code}")
             return Outcome(rid, Status.PENDING, code, message, attempted=False)
-        # Verdict.RETRY: certainly not executed.
-        executed = code != "FailedDependency"
+        if verdict is Verdict.NOT_SENT:
+            return Outcome(rid, Status.PENDING, code, message, attempted=False)
+        # Verdict.RETRY: not delivered.
         if decision.retry_after is not None or code in THROTTLE_CODES:
             delay = self.policy.delay(attempts_after, decision.retry_after)
             throttle.pause(now + delay, f"throttled by Graph ({code})")
@@ -498,10 +523,10 @@ class Engine:
                 check_at = now + max(delay, self.settings.reconcile_after)
                 return Outcome(rid, Status.UNKNOWN, code, message, retry_at=check_at)
             return Outcome(rid, Status.PENDING, code, message, attempted=False)
-        if executed and self.policy.exhausted(attempts_after):
+        if self.policy.exhausted(attempts_after):
             return Outcome(rid, Status.FAILED, code, f"gave up after {attempts_after} attempts: {message}")
-        retry_at = now + self.policy.delay(attempts_after, None) if executed else None
-        return Outcome(rid, Status.PENDING, code, message, retry_at=retry_at, attempted=executed)
+        retry_at = now + self.policy.delay(attempts_after, None)
+        return Outcome(rid, Status.PENDING, code, message, retry_at=retry_at)
 
     def _stop_mailbox(self, mailbox: str, code: str | None, message: str | None) -> None:
         if mailbox in self.active:

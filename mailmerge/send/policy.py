@@ -22,7 +22,8 @@ class Verdict(StrEnum):
 
     SENT = "sent"  # 202: accepted for delivery
     FAILED = "failed"  # this recipient's message cannot be sent as it is
-    RETRY = "retry"  # Graph says not executed (throttled, dependency failed): send again later
+    RETRY = "retry"  # not delivered (throttled, no connection): send again later
+    NOT_SENT = "not_sent"  # never attempted (dependency failed, no token): back to pending, no penalty
     UNKNOWN = "unknown"  # may have been delivered: look in Sent Items before sending again
     REAUTH = "reauth"  # the token was refused: get a new one, then send again
     MAILBOX_STOPPED = "mailbox_stopped"  # this mailbox cannot send at all (permissions, no mailbox)
@@ -76,7 +77,7 @@ def classify(answer: ItemAnswer, now: float) -> Decision:
         return Decision(Verdict.SENT)
     if status == 424:
         return Decision(
-            Verdict.RETRY, "FailedDependency", "not executed: an earlier item of its batch failed"
+            Verdict.NOT_SENT, "FailedDependency", "not executed: an earlier item of its batch failed"
         )
     if code in QUOTA_CODES:
         return Decision(Verdict.MAILBOX_PAUSED, code, message, retry_after)
