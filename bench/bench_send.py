@@ -180,7 +180,8 @@ def bench_throughput(recipients: int) -> None:
             f"(incl. start-up, pre-flight and import)"
         )
         print(
-            f"throughput: send phase {sent / (last - first):,.0f} messages/s; client peak RSS {peak_kb / 1024:.0f} MB"
+            f"throughput: send phase {sent / (last - first):,.0f} messages/s; "
+            f"client peak RSS {peak_kb / 1024:.0f} MB"
         )
     finally:
         emulator.stop()
