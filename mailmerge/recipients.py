@@ -10,6 +10,7 @@ address, display name and key of every row.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -62,8 +63,11 @@ class RowProblem:
         return f"row {self.row}{column}: {self.message}"
 
 
+@functools.lru_cache(maxsize=4096)
 def identifier(column: str) -> str:
-    """The template variable name for a column: ``"First Name"`` becomes ``first_name``."""
+    """The template variable name for a column: ``"First Name"`` becomes ``first_name``.
+
+    Cached: a list has a handful of columns and every row of a million asks for them again."""
     name = _NOT_IDENTIFIER.sub("_", column.strip()).strip("_").lower()
     if not name or name[0].isdigit():
         name = f"col_{name}"

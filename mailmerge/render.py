@@ -162,12 +162,16 @@ class Renderer:
 
     # -- rendering ---------------------------------------------------------------------------------
 
-    def render(self, recipient: Recipient) -> RenderedMessage | RowProblem:
-        """Render one recipient's message, or say precisely why it cannot be rendered."""
+    def render(self, recipient: Recipient, *, derive_text: bool = True) -> RenderedMessage | RowProblem:
+        """Render one recipient's message, or say precisely why it cannot be rendered.
+
+        Without a text template the text part is derived from the HTML, for previews and ``.eml``
+        files; the sending engine, whose Graph message carries the HTML alone, skips that work.
+        """
         try:
             draft = self._draft(recipient)
             text = draft.text
-            if text is None and draft.html is not None:
+            if text is None and draft.html is not None and derive_text:
                 text = html_to_text(draft.html)
             attachments = tuple(
                 Attachment(f.name, f.content_type, self._files.read(f), f.content_id) for f in draft.files

@@ -396,7 +396,8 @@ class Engine:
                 email=recipient.email,
                 name=recipient.name,
                 fields=recipient.fields,
-            )
+            ),
+            derive_text=False,
         )
         if isinstance(rendered, RowProblem):
             return rendered
