@@ -22,25 +22,10 @@ from typing import IO, Any
 
 from mailmerge.advice import advice_for
 from mailmerge.store import Status, Store
+from mailmerge.store.reporting import REPORT_FIELDS
 
-COLUMNS = (
-    "row",
-    "key",
-    "email",
-    "name",
-    "status",
-    "attempts",
-    "mailbox",
-    "first_attempt_at",
-    "last_attempt_at",
-    "sent_at",
-    "error_code",
-    "error_message",
-    "bounce_code",
-    "bounce_diagnostic",
-    "bounced_at",
-    "tag",
-)
+#: A report's columns: the store's report fields without its internal row id.
+COLUMNS = tuple(name for name in REPORT_FIELDS if name != "id")
 TIME_COLUMNS = frozenset({"first_attempt_at", "last_attempt_at", "sent_at", "bounced_at"})
 NUMBER_COLUMNS = frozenset({"row", "attempts"})
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

@@ -187,7 +187,7 @@ def test_invalid_recipient_fails_alone(make_campaign) -> None:
     graph = FakeGraph(rule)
     store, counts = _run(make_campaign(), graph)
     assert counts[Status.SENT] == 4 and counts[Status.FAILED] == 1
-    failed = [r for r in store.iter_recipients(1) if r["status"] == "failed"]
+    failed = [r for r in store.iter_report(1) if r["status"] == "failed"]
     assert failed[0]["error_code"] == "ErrorInvalidRecipients"
 
 

@@ -214,7 +214,7 @@ def test_unknowns_without_sent_items_copies_need_the_users_word(
         with open_store(campaign) as store:
             events = [
                 e
-                for r in store.iter_recipients(1)
+                for r in store.iter_report(1)
                 for e in store.events_for(r["id"])
                 if e["code"] == "UserDecision"
             ]
