@@ -17,7 +17,6 @@ from typing import Protocol
 
 from mailmerge.clock import Clock
 from mailmerge.errors import AuthError, MailmergeError, SendError
-from mailmerge.recipients import Recipient
 from mailmerge.render import Renderer, RowProblem
 from mailmerge.send.graph import (
     BATCH_PATH,
@@ -389,16 +388,7 @@ class Engine:
         )
 
     def _message_for(self, recipient: ClaimedRecipient) -> OutgoingMessage | RowProblem:
-        rendered = self.renderer.render(
-            Recipient(
-                row=recipient.row,
-                key=recipient.key,
-                email=recipient.email,
-                name=recipient.name,
-                fields=recipient.fields,
-            ),
-            derive_text=False,
-        )
+        rendered = self.renderer.render(recipient.as_recipient(), derive_text=False)
         if isinstance(rendered, RowProblem):
             return rendered
         return OutgoingMessage(
@@ -569,9 +559,8 @@ class Engine:
             ]
             answers = await self._post_batch(items)
         now = self.clock.time()
-        attempted_at = self.store.last_attempt_times(r.id for r in claimed)
         outcomes = [
-            self._reconciled(r, answers[f"r{index}"], attempted_at.get(r.id, 0.0), now)
+            self._reconciled(r, answers[f"r{index}"], r.last_attempt_at, now)
             for index, r in enumerate(claimed)
         ]
         self.store.record(self.campaign_id, outcomes, worker=self.worker, from_status=Status.UNKNOWN)

@@ -51,6 +51,7 @@ from mailmerge.store.schema import (
     _CLAIM,
     _INSERT_EVENT,
     _RECORD,
+    CLAIMED_COLUMNS,
     OUTSTANDING,
     TRANSITIONS,
     Status,
@@ -87,6 +88,27 @@ class ClaimedRecipient:
     tag: str
     attempts: int
     mailbox: str
+    last_attempt_at: float
+
+    def as_recipient(self) -> Recipient:
+        """The row as the renderer takes it."""
+        return Recipient(row=self.row, key=self.key, email=self.email, name=self.name, fields=self.fields)
+
+    @classmethod
+    def from_row(cls, row: Any, mailbox: str) -> ClaimedRecipient:
+        """Build one from a row of :data:`~mailmerge.store.schema.CLAIMED_COLUMNS`."""
+        return cls(
+            id=row.id,
+            row=row.row,
+            key=row.key,
+            email=row.email,
+            name=row.name,
+            fields=json.loads(row.fields),
+            tag=row.tag,
+            attempts=row.attempts,
+            mailbox=mailbox,
+            last_attempt_at=row.last_attempt_at or 0.0,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,20 +277,7 @@ class Store(Reporting):
             "lease_until": now + lease_seconds,
         }
         with self.engine.begin() as conn:
-            claimed = [
-                ClaimedRecipient(
-                    id=r.id,
-                    row=r.row,
-                    key=r.key,
-                    email=r.email,
-                    name=r.name,
-                    fields=json.loads(r.fields),
-                    tag=r.tag,
-                    attempts=r.attempts,
-                    mailbox=mailbox,
-                )
-                for r in conn.execute(_CLAIM, values)
-            ]
+            claimed = [ClaimedRecipient.from_row(r, mailbox) for r in conn.execute(_CLAIM, values)]
             if claimed:
                 conn.execute(
                     _INSERT_EVENT,
@@ -313,42 +322,11 @@ class Store(Reporting):
                 recipients.c.id.in_(candidates.scalar_subquery()), recipients.c.status == Status.UNKNOWN.value
             )
             .values(lease_owner=worker, lease_expires_at=now + lease_seconds, updated_at=now)
-            .returning(
-                recipients.c.id,
-                recipients.c.row,
-                recipients.c.key,
-                recipients.c.email,
-                recipients.c.name,
-                recipients.c.fields,
-                recipients.c.tag,
-                recipients.c.attempts,
-                recipients.c.last_attempt_at,
-            )
+            .returning(*CLAIMED_COLUMNS)
         )
         with self.engine.begin() as conn:
             rows = list(conn.execute(statement))
-        return [
-            ClaimedRecipient(
-                id=r.id,
-                row=r.row,
-                key=r.key,
-                email=r.email,
-                name=r.name,
-                fields=json.loads(r.fields),
-                tag=r.tag,
-                attempts=r.attempts,
-                mailbox=mailbox,
-            )
-            for r in sorted(rows, key=lambda r: r.id)
-        ]
-
-    def last_attempt_times(self, ids: Iterable[int]) -> dict[int, float]:
-        """When each recipient's latest attempt started (for the reconciliation grace period)."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(recipients.c.id, recipients.c.last_attempt_at).where(recipients.c.id.in_(list(ids)))
-            )
-            return {r.id: r.last_attempt_at or 0.0 for r in rows}
+        return [ClaimedRecipient.from_row(r, mailbox) for r in sorted(rows, key=lambda r: r.id)]
 
     def release_stale_leases(self, campaign_id: int) -> int:
         """Turn ``sending`` rows whose worker is gone into ``unknown``: they may have been delivered."""

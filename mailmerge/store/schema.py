@@ -129,6 +129,13 @@ events = Table(
 )
 
 
+#: What a claim returns of each row: what the engine needs to build and track the message.
+CLAIMED_COLUMNS = tuple(
+    recipients.c[name]
+    for name in ("id", "row", "key", "email", "name", "fields", "tag", "attempts", "last_attempt_at")
+)
+
+
 def _claim_statement() -> Any:
     """Lease the next due pending rows of a campaign (``FOR UPDATE SKIP LOCKED`` where supported)."""
     due = (
@@ -154,16 +161,7 @@ def _claim_statement() -> Any:
             first_attempt_at=func.coalesce(recipients.c.first_attempt_at, bindparam("now")),
             updated_at=bindparam("now"),
         )
-        .returning(
-            recipients.c.id,
-            recipients.c.row,
-            recipients.c.key,
-            recipients.c.email,
-            recipients.c.name,
-            recipients.c.fields,
-            recipients.c.tag,
-            recipients.c.attempts,
-        )
+        .returning(*CLAIMED_COLUMNS)
     )
 
 
