@@ -256,3 +256,28 @@ def test_unknowns_without_sent_items_wait_for_the_user(make_campaign) -> None:
     _store, counts = _run(make_campaign(save_to_sent_items=False), graph, save_to_sent_items=False)
     assert counts[Status.UNKNOWN] == 1 and counts[Status.SENT] == 4
     assert not any(r["method"] == "GET" for b in graph.batches for r in b)
+
+
+def test_daily_recipient_cap_pauses_the_mailbox_until_the_window_allows_more(make_campaign) -> None:
+    """The cap counts from the database: a campaign of 25 with a cap of 10 takes three days."""
+    rows = [{"email": f"p{i}@fabrikam.example", "name": "n", "first_name": "f", "city": "c"} for i in range(25)]
+    path = make_campaign(rows, limits="messages_per_minute = 'unlimited'\ndaily_recipients = 10")
+    campaign = load_campaign(path)
+    clock = ManualClock()
+    store = Store(campaign.database_url, clock=clock)
+    import_recipients(campaign, store)
+    sent_at: list[float] = []
+
+    class TimedGraph(FakeGraph):
+        async def request(self, method: str, url: str, **kwargs) -> Response:
+            answer = await super().request(method, url, **kwargs)
+            sent_at.extend([clock.time()] * (len(self.delivered) - len(sent_at)))
+            return answer
+
+    engine = build_engine(campaign, store, transport=TimedGraph(), tokens=Tokens(), rng=random.Random(1))
+    summary = asyncio.run(engine.run())
+    assert summary.counts[Status.SENT] == 25
+    days = [round((t - sent_at[0]) / 86_400, 2) for t in sent_at]
+    assert sorted(Counter(int(d) for d in days).values()) == [5, 10, 10]
+    # never more than 10 recipients in any rolling 24 hours
+    assert all(sum(1 for u in sent_at if t <= u < t + 86_400) <= 10 for t in sent_at)

@@ -40,7 +40,6 @@ from mailmerge.store import ClaimedRecipient, Outcome, Status, Store, new_worker
 
 DAY = 86_400.0
 DAILY_REFRESH_SECONDS = 30.0
-DAILY_CAP_RECHECK_SECONDS = 600.0
 IDLE_POLL_SECONDS = 0.5
 RECONCILE_POLL_SECONDS = 1.0
 THROTTLE_CODES = frozenset({"TooManyRequests", "ApplicationThrottled"})
@@ -225,13 +224,16 @@ class Engine:
             await self._reconcile_due(mailbox)
         wait_until = throttle.ready_at(now)
         if throttle.daily.remaining() == 0:
-            wait_until = max(wait_until, now + DAILY_CAP_RECHECK_SECONDS)
+            # Wait until the oldest message of the rolling 24 hours leaves it, then count again.
+            oldest = self.store.window_started_at(mailbox, now - DAY)
+            wait_until = max(wait_until, oldest + DAY if oldest is not None else now + DAILY_REFRESH_SECONDS)
             throttle.pause(wait_until, "daily recipient limit reached")
+            throttle.daily.refreshed_at = float("-inf")
         if wait_until > now:
             if await self._finished(in_flight):
                 return False
             stats.waiting_until, stats.waiting_reason = wait_until, throttle.pause_reason or "rate limit"
-            await self._sleep(mailbox, min(wait_until - now, 5.0))
+            await self._sleep(mailbox, wait_until - now)
             return True
         stats.waiting_until, stats.waiting_reason = 0.0, None
         slot = self._slots[mailbox]
