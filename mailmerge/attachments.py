@@ -24,9 +24,7 @@ from pathlib import Path
 
 from mailmerge.recipients import header_breaker
 
-#: Graph's upload sessions take attachments of 3 MB and more (a plain request refuses them) ...
-UPLOAD_SESSION_BYTES = 3 * 1024 * 1024
-#: ... and of at most 150 MB.
+#: Graph's upload sessions take attachments of at most 150 MB.
 MAX_ATTACHMENT_BYTES = 150 * 1024 * 1024
 CACHE_BYTES = 64 * 1024 * 1024
 CACHE_FILE_BYTES = 8 * 1024 * 1024

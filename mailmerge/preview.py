@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from html import escape
@@ -23,11 +24,18 @@ from mailmerge.errors import InputError, SendError
 from mailmerge.recipients import Recipient, RecipientSource, RowProblem, check_address
 from mailmerge.render import RenderedMessage, Renderer
 from mailmerge.send.engine import TokenSource
-from mailmerge.send.graph import Address, OutgoingMessage, mailbox_path, message_json, parse_answer
+from mailmerge.send.graph import (
+    Address,
+    OutgoingMessage,
+    mailbox_path,
+    message_json,
+    needs_upload_session,
+    parse_answer,
+)
+from mailmerge.send.policy import Verdict
 from mailmerge.send.transport import Transport, TransportError
+from mailmerge.send.upload import DraftSender
 
-#: A plain sendMail request may carry at most 4 MB.
-MAX_REQUEST_BYTES = 4 * 1024 * 1024
 TEST_TIMEOUT = 60.0
 
 
@@ -132,17 +140,25 @@ async def send_test(
     """Send the preview to ``to`` with one plain ``sendMail`` request (not saved to Sent Items), as
     the campaign's mailbox (``/users/{mailbox}``) or, with a delegated sign-in, as the user (``/me``)."""
     message = trial_message(campaign, shown, to)
-    body = json.dumps({"message": message_json(message), "saveToSentItems": False}).encode()
-    if len(body) > MAX_REQUEST_BYTES:
-        raise SendError(
-            f"the test message is {len(body) / 2**20:.1f} MB as a request; a plain sendMail takes 4 MB",
-            hint="preview it from the saved .eml instead, or test with smaller attachments",
+    sender = mailbox_path(shown.sender, delegated=tokens.delegated)
+    if needs_upload_session(message):
+        # Too big for one request: a draft with upload sessions (Graph keeps a copy in Sent Items).
+        drafts = DraftSender(
+            transport,
+            base_url=campaign.settings.graph.base_url,
+            timeout=TEST_TIMEOUT,
+            token=await tokens.token(),
+            now=time.time(),
         )
-    url = (
-        campaign.settings.graph.base_url
-        + mailbox_path(shown.sender, delegated=tokens.delegated)
-        + "/sendMail"
-    )
+        decision = await drafts.send(sender, message)
+        if decision.verdict is not Verdict.SENT:
+            raise SendError(
+                f"Graph refused the test message: {decision.code} {decision.message or ''}".strip(),
+                context=shown.sender,
+            )
+        return message
+    body = json.dumps({"message": message_json(message), "saveToSentItems": False}).encode()
+    url = campaign.settings.graph.base_url + sender + "/sendMail"
     for attempt in (1, 2):
         token = await tokens.token(force_refresh=attempt == 2)
         try:

@@ -26,7 +26,6 @@ from jinja2 import Template, TemplateError, TemplateNotFound, TemplateSyntaxErro
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from mailmerge.attachments import (
-    UPLOAD_SESSION_BYTES,
     AttachmentFiles,
     FileRef,
     is_pattern,
@@ -35,14 +34,12 @@ from mailmerge.attachments import (
 from mailmerge.campaign import Campaign
 from mailmerge.errors import ConfigError
 from mailmerge.recipients import Recipient, RowProblem, check_address, header_breaker, template_context
-from mailmerge.send.graph import Address, Attachment
+from mailmerge.send.graph import MAX_REQUEST_BYTES, UPLOAD_SESSION_BYTES, Address, Attachment
 from mailmerge.templating import Kind, environment, html_to_text, inline_css, markdown_to_html
 
 SUBJECT_TEMPLATE_NAME = "[message] subject"
 #: Exchange refuses a message to more than 500 recipients (To + Cc + Bcc).
 MAX_RECIPIENTS = 500
-#: Graph refuses a request body over 4 MB: a bigger message needs a draft and upload sessions.
-MAX_REQUEST_BYTES = 4 * 1024 * 1024
 #: What the headers and MIME structure of a message add to its size, roughly.
 HEADER_OVERHEAD = 4 * 1024
 

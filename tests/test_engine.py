@@ -260,7 +260,9 @@ def test_unknowns_without_sent_items_wait_for_the_user(make_campaign) -> None:
 
 def test_daily_recipient_cap_pauses_the_mailbox_until_the_window_allows_more(make_campaign) -> None:
     """The cap counts from the database: a campaign of 25 with a cap of 10 takes three days."""
-    rows = [{"email": f"p{i}@fabrikam.example", "name": "n", "first_name": "f", "city": "c"} for i in range(25)]
+    rows = [
+        {"email": f"p{i}@fabrikam.example", "name": "n", "first_name": "f", "city": "c"} for i in range(25)
+    ]
     path = make_campaign(rows, limits="messages_per_minute = 'unlimited'\ndaily_recipients = 10")
     campaign = load_campaign(path)
     clock = ManualClock()
