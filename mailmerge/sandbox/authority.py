@@ -483,7 +483,9 @@ class Authority:
                 f"the directory '{tenant.name}'.",
             )
         redirect_uri = params.get("redirect_uri", "")
-        if not redirect_uri or (app.redirect_uris and redirect_uri not in app.redirect_uris):
+        if not redirect_uri or (
+            app.redirect_uris and not any(_redirect_matches(redirect_uri, r) for r in app.redirect_uris)
+        ):
             return _error_page(
                 400,
                 f"AADSTS50011: The redirect URI '{redirect_uri}' specified in the request "
@@ -585,4 +587,19 @@ def _error_page(status: int, message: str) -> Reply:
         f"<html><body><h1>Sign in failed</h1><p>{html.escape(message)}</p></body></html>",
         content_type="text/html; charset=utf-8",
         note={"error": message.split(":")[0]},
+    )
+
+
+def _redirect_matches(requested: str, registered: str) -> bool:
+    """Entra ID ignores the port of a loopback redirect URI (RFC 8252 7.3): native apps listen on
+    any free port, so ``http://localhost:53124/`` matches a registered ``http://localhost``."""
+    if requested == registered:
+        return True
+    asked, known = urllib.parse.urlsplit(requested), urllib.parse.urlsplit(registered)
+    loopback = {"localhost", "127.0.0.1", "::1"}
+    return (
+        asked.scheme == known.scheme == "http"
+        and asked.hostname in loopback
+        and asked.hostname == known.hostname
+        and asked.path.rstrip("/") == known.path.rstrip("/")
     )

@@ -350,3 +350,33 @@ def test_token_endpoint_fault_carries_retry_after(
     for failed in statuses[1::2]:
         assert failed.status_code in (429, 503) and int(failed.headers["Retry-After"]) >= 1
     assert [e["fault"] for e in sb.request_log()] == [None, "token_error", None, "token_error"]
+
+
+def test_loopback_redirect_uri_matches_on_any_port() -> None:
+    """A registered http://localhost takes http://localhost:PORT, as Entra ID does for native apps."""
+    import requests
+
+    from mailmerge.sandbox import Profile, Sandbox
+
+    with Sandbox(Profile()) as sb:
+        sb.register_app(
+            tenant="contoso.onmicrosoft.com",
+            client_id="native",
+            public_client=True,
+            redirect_uris=("http://localhost",),
+        )
+        sb.add_mailbox("news@contoso.example")
+        session = requests.Session()
+        session.trust_env = False
+        session.verify = str(sb.ca_file)
+        base = f"{sb.authority_host}/contoso.onmicrosoft.com/oauth2/v2.0/authorize"
+        common = {"client_id": "native", "response_type": "code", "scope": "openid", "state": "s"}
+        good = session.get(
+            base, params={**common, "redirect_uri": "http://localhost:53124/"}, allow_redirects=False
+        )
+        assert good.status_code == 302
+        assert good.headers["Location"].startswith("http://localhost:53124/?")
+        bad = session.get(
+            base, params={**common, "redirect_uri": "http://evil.example:53124/"}, allow_redirects=False
+        )
+        assert bad.status_code == 400 and "AADSTS50011" in bad.text
