@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import css_inline
+from babel import Locale, UnknownLocaleError
 from babel import dates as babel_dates
 from babel import numbers as babel_numbers
 from inscriptis import get_text
@@ -147,8 +148,8 @@ def _locale(given: str | None, default: str) -> str:
     if not given:
         return default
     try:
-        return str(babel_numbers.Locale.parse(str(given).replace("-", "_")))
-    except (ValueError, babel_numbers.UnknownLocaleError):
+        return str(Locale.parse(str(given).replace("-", "_")))
+    except (ValueError, UnknownLocaleError):
         raise TemplateRuntimeError(f"unknown locale {given!r}") from None
 
 

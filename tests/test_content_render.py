@@ -234,3 +234,9 @@ def test_markdown_and_html_together_are_refused(tmp_path: Path) -> None:
     path = write_campaign(tmp_path, message={"markdown": "body.md.j2"}, files={"body.md.j2": "x"})
     with pytest.raises(ConfigError, match="html or markdown, not both"):
         load_campaign(path)
+
+
+def test_an_unknown_locale_in_a_row_is_that_rows_problem(tmp_path: Path) -> None:
+    data = "email,name,first_name,total,lang\na@fabrikam.example,A,A,12.5,zz_ZZ\n"
+    problem = _one(tmp_path, data=data, html='{{ total | currency("EUR", locale=lang) }}', text="x")
+    assert isinstance(problem, RowProblem) and "unknown locale 'zz_ZZ'" in problem.message
