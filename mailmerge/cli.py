@@ -131,7 +131,8 @@ def _plan(campaign: Campaign, counts: dict[Status, int]) -> None:
     if not campaign.settings.sender.save_to_sent_items:
         lines.append(
             "[yellow]save_to_sent_items = false: a message whose answer is lost cannot be looked up; such "
-            "recipients stay 'unknown' until you decide with resume --assume-sent/--assume-unsent[/]"
+            "recipients stay 'unknown' until you decide with resume --assume-sent/--assume-unsent, and a "
+            "throttled (429) message is taken at Graph's word as not sent[/]"
         )
     console.print(Panel("\n".join(lines), title=f"plan: {campaign.name}", expand=False))
 

@@ -222,3 +222,41 @@ def test_unknowns_without_sent_items_copies_need_the_users_word(
         assert all(f"--assume-{assume}" in e["detail"] for e in events)
     finally:
         sandbox.stop()
+
+
+def test_two_workers_share_one_campaign_through_the_database(make_campaign, tmp_path: Path) -> None:
+    """Two processes resume the same campaign at once: claims through the database keep them apart."""
+    profile = Profile(limits=Limits.unlimited(), latency=Latency.uniform(0.002, 0.01))
+    sandbox = _sandbox(tmp_path, profile)
+    count = 400
+    try:
+        path = make_campaign(_rows(count), limits="messages_per_minute = 'unlimited'\n" + FAST_RECONCILE)
+        point_at(path, sandbox)
+        campaign = load_campaign(path)
+        with open_store(campaign) as store:
+            import_recipients(campaign, store)
+        env = {**os.environ, "MM_TEST_SECRET": SECRET}
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "mailmerge", "resume", str(path)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        for worker in workers:
+            _out, err = worker.communicate(timeout=120)
+            assert worker.returncode == 0, err
+        _assert_exactly_once(sandbox, path, count)
+        with open_store(campaign) as store:
+            owners = {
+                event["worker"].rsplit(":", 1)[0]
+                for r in store.iter_report(1)
+                for event in store.events_for(r["id"])
+                if event["to_status"] == "sending"
+            }
+        assert len(owners) == 2, "one worker did all the work; the test proves nothing"
+    finally:
+        sandbox.stop()
