@@ -49,9 +49,9 @@ from mailmerge.recipients import Recipient
 from mailmerge.store.reporting import Reporting
 from mailmerge.store.schema import (
     _CLAIM,
+    _CLAIM_UNKNOWN,
     _INSERT_EVENT,
     _RECORD,
-    CLAIMED_COLUMNS,
     OUTSTANDING,
     TRANSITIONS,
     Status,
@@ -272,7 +272,7 @@ class Store(Reporting):
             "cid": campaign_id,
             "now": now,
             "limit": limit,
-            "mailbox": mailbox,
+            "sender": mailbox,
             "owner": worker,
             "lease_until": now + lease_seconds,
         }
@@ -303,29 +303,16 @@ class Store(Reporting):
     ) -> list[ClaimedRecipient]:
         """Lease unknown-outcome recipients of ``mailbox`` whose next check is due, for reconciliation."""
         now = self.clock.time()
-        candidates = (
-            select(recipients.c.id)
-            .where(
-                recipients.c.campaign_id == campaign_id,
-                recipients.c.status == Status.UNKNOWN.value,
-                recipients.c.mailbox == mailbox,
-                or_(recipients.c.next_attempt_at.is_(None), recipients.c.next_attempt_at <= now),
-                or_(recipients.c.lease_expires_at.is_(None), recipients.c.lease_expires_at < now),
-            )
-            .order_by(recipients.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        statement = (
-            update(recipients)
-            .where(
-                recipients.c.id.in_(candidates.scalar_subquery()), recipients.c.status == Status.UNKNOWN.value
-            )
-            .values(lease_owner=worker, lease_expires_at=now + lease_seconds, updated_at=now)
-            .returning(*CLAIMED_COLUMNS)
-        )
+        values = {
+            "cid": campaign_id,
+            "now": now,
+            "limit": limit,
+            "sender": mailbox,
+            "owner": worker,
+            "lease_until": now + lease_seconds,
+        }
         with self.engine.begin() as conn:
-            rows = list(conn.execute(statement))
+            rows = list(conn.execute(_CLAIM_UNKNOWN, values))
         return [ClaimedRecipient.from_row(r, mailbox) for r in sorted(rows, key=lambda r: r.id)]
 
     def release_stale_leases(self, campaign_id: int) -> int:

@@ -136,37 +136,50 @@ CLAIMED_COLUMNS = tuple(
 )
 
 
-def _claim_statement() -> Any:
-    """Lease the next due pending rows of a campaign (``FOR UPDATE SKIP LOCKED`` where supported)."""
+def _lease(current: Status, *conditions: Any, **values: Any) -> Any:
+    """Lease the first ``limit`` rows of a campaign in ``current`` status matching ``conditions``.
+
+    The rows are picked in a CTE with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL; SQLite's single writer
+    needs none) and updated through ``UPDATE ... FROM``: with ``WHERE id IN (subquery)`` PostgreSQL may
+    run the subquery once per row and lease more than ``limit``.
+    """
     due = (
         select(recipients.c.id)
         .where(
-            recipients.c.campaign_id == bindparam("cid"),
-            recipients.c.status == Status.PENDING.value,
-            or_(recipients.c.next_attempt_at.is_(None), recipients.c.next_attempt_at <= bindparam("now")),
+            recipients.c.campaign_id == bindparam("cid"), recipients.c.status == current.value, *conditions
         )
         .order_by(recipients.c.id)
         .limit(bindparam("limit", type_=Integer))
         .with_for_update(skip_locked=True)
+        .cte("due")
     )
     return (
         update(recipients)
-        .where(recipients.c.id.in_(due.scalar_subquery()), recipients.c.status == Status.PENDING.value)
-        .values(
-            status=Status.SENDING.value,
-            mailbox=bindparam("mailbox"),
-            lease_owner=bindparam("owner"),
-            lease_expires_at=bindparam("lease_until"),
-            last_attempt_at=bindparam("now"),
-            first_attempt_at=func.coalesce(recipients.c.first_attempt_at, bindparam("now")),
-            updated_at=bindparam("now"),
-        )
+        .where(recipients.c.id == due.c.id, recipients.c.status == current.value)
+        .values(lease_owner=bindparam("owner"), lease_expires_at=bindparam("lease_until"), **values)
         .returning(*CLAIMED_COLUMNS)
     )
 
 
 #: Built once: the statements of the sending hot path (a claim and a record per batch).
-_CLAIM = _claim_statement()
+#: pending → sending, for the engine to send.
+_CLAIM = _lease(
+    Status.PENDING,
+    or_(recipients.c.next_attempt_at.is_(None), recipients.c.next_attempt_at <= bindparam("now")),
+    status=Status.SENDING.value,
+    mailbox=bindparam("sender"),
+    last_attempt_at=bindparam("now"),
+    first_attempt_at=func.coalesce(recipients.c.first_attempt_at, bindparam("now")),
+    updated_at=bindparam("now"),
+)
+#: unknown rows of one mailbox whose check is due, leased (still unknown) for reconciliation.
+_CLAIM_UNKNOWN = _lease(
+    Status.UNKNOWN,
+    recipients.c.mailbox == bindparam("sender"),
+    or_(recipients.c.next_attempt_at.is_(None), recipients.c.next_attempt_at <= bindparam("now")),
+    or_(recipients.c.lease_expires_at.is_(None), recipients.c.lease_expires_at < bindparam("now")),
+    updated_at=bindparam("now"),
+)
 _RECORD = (
     update(recipients)
     .where(
