@@ -161,5 +161,24 @@ def test_two_worker_processes_send_a_campaign_exactly_once(
             _out, err = process.communicate(timeout=120)
             assert process.returncode == 0, err
         _assert_exactly_once(sandbox, path, count)
+        status = subprocess.run(
+            [sys.executable, "-m", "mailmerge", "status", "--json", str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stderr
+        assert '"sent": 300' in status.stdout.replace(" ", "").replace('":', '": ')
+        report = tmp_path / "report.csv"
+        done = subprocess.run(
+            [sys.executable, "-m", "mailmerge", "report", str(path), "-o", str(report)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert len(report.read_text().splitlines()) == count + 1
     finally:
         sandbox.stop()
