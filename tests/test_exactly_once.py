@@ -15,11 +15,12 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mailmerge.auth import token_source
-from mailmerge.campaign import load_campaign
+from mailmerge.campaign import Campaign, load_campaign
 from mailmerge.runner import import_recipients, open_store, require_preflight, send
 from mailmerge.sandbox import Every, Faults, Latency, Limits, Profile, Sandbox
 from mailmerge.send.transport import AiohttpTransport
@@ -57,6 +58,40 @@ def _sandbox(tmp_path: Path, profile: Profile) -> Sandbox:
     for mailbox in MAILBOXES:
         sandbox.add_mailbox(mailbox)
     return sandbox
+
+
+def send_through(sandbox: Sandbox, campaign: Campaign, **options: Any) -> dict[Status, int]:
+    """Import and send a campaign with the library against ``sandbox``; the final counts."""
+    with open_store(campaign, **options) as store:
+        import_recipients(campaign, store)
+        summary = asyncio.run(
+            send(
+                campaign,
+                store,
+                transport=AiohttpTransport(ca_file=sandbox.ca_file),
+                tokens=token_source(campaign, secret=SECRET),
+                rng=random.Random(3),
+            )
+        )
+    return summary.counts
+
+
+def resume_in_parallel(path: Path, workers: int) -> None:
+    """Start ``workers`` ``mailmerge resume`` processes on one campaign at once; all must succeed."""
+    env = {**os.environ, "MM_TEST_SECRET": SECRET}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mailmerge", "resume", str(path)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(workers)
+    ]
+    for process in processes:
+        _out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
 
 
 def _assert_exactly_once(sandbox: Sandbox, campaign_file: Path, count: int) -> None:
@@ -99,18 +134,7 @@ def test_faults_of_every_kind_still_deliver_each_recipient_once(make_campaign, t
         point_at(path, sandbox, request_timeout=1.0)
         campaign = load_campaign(path)
         require_preflight(campaign)
-        with open_store(campaign) as store:
-            import_recipients(campaign, store)
-            summary = asyncio.run(
-                send(
-                    campaign,
-                    store,
-                    transport=AiohttpTransport(ca_file=sandbox.ca_file),
-                    tokens=token_source(campaign, secret=SECRET),
-                    rng=random.Random(3),
-                )
-            )
-        assert summary.counts[Status.SENT] == 300
+        assert send_through(sandbox, campaign)[Status.SENT] == 300
         kinds = Counter(entry.get("fault") for entry in sandbox.request_log() if entry.get("fault"))
         assert {
             "throttle",
@@ -235,20 +259,7 @@ def test_two_workers_share_one_campaign_through_the_database(make_campaign, tmp_
         campaign = load_campaign(path)
         with open_store(campaign) as store:
             import_recipients(campaign, store)
-        env = {**os.environ, "MM_TEST_SECRET": SECRET}
-        workers = [
-            subprocess.Popen(
-                [sys.executable, "-m", "mailmerge", "resume", str(path)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(2)
-        ]
-        for worker in workers:
-            _out, err = worker.communicate(timeout=120)
-            assert worker.returncode == 0, err
+        resume_in_parallel(path, 2)
         _assert_exactly_once(sandbox, path, count)
         with open_store(campaign) as store:
             owners = {

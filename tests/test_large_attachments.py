@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
-import random
 from pathlib import Path
 
-from mailmerge.auth import token_source
 from mailmerge.campaign import load_campaign
-from mailmerge.runner import import_recipients, open_store, send
 from mailmerge.sandbox import Limits, Profile, Sandbox
-from mailmerge.send.transport import AiohttpTransport
 from mailmerge.store import Status
 from tests.conftest import point_at
-from tests.test_exactly_once import CLIENT_ID, SECRET, TENANT
+from tests.test_exactly_once import CLIENT_ID, SECRET, TENANT, send_through
 
 
 def test_large_and_small_attachments_arrive_whole(make_campaign, tmp_path: Path) -> None:
@@ -40,19 +35,7 @@ def test_large_and_small_attachments_arrive_whole(make_campaign, tmp_path: Path)
         sandbox.register_app(tenant=TENANT, client_id=CLIENT_ID, secret=SECRET)
         sandbox.add_mailbox("news@contoso.example")
         point_at(path, sandbox)
-        campaign = load_campaign(path)
-        with open_store(campaign) as store:
-            import_recipients(campaign, store)
-            summary = asyncio.run(
-                send(
-                    campaign,
-                    store,
-                    transport=AiohttpTransport(ca_file=sandbox.ca_file),
-                    tokens=token_source(campaign, secret=SECRET),
-                    rng=random.Random(1),
-                )
-            )
-        assert summary.counts[Status.SENT] == 3
+        assert send_through(sandbox, load_campaign(path))[Status.SENT] == 3
         delivered = sandbox.delivered()
         assert sorted(m.recipients[0] for m in delivered) == [r["email"] for r in rows]
         for message in delivered:

@@ -29,7 +29,14 @@ from mailmerge.runner import import_recipients, open_store
 from mailmerge.sandbox import Limits, Profile
 from mailmerge.store import Outcome, Status, Store
 from tests.conftest import point_at
-from tests.test_exactly_once import FAST_RECONCILE, SECRET, _assert_exactly_once, _rows, _sandbox
+from tests.test_exactly_once import (
+    FAST_RECONCILE,
+    SECRET,
+    _assert_exactly_once,
+    _rows,
+    _sandbox,
+    resume_in_parallel,
+)
 
 
 def _free_port() -> int:
@@ -147,21 +154,9 @@ def test_two_worker_processes_send_a_campaign_exactly_once(
         campaign = load_campaign(path)
         with open_store(campaign) as store:
             import_recipients(campaign, store)
-        env = {**os.environ, "MM_TEST_SECRET": SECRET}
-        workers = [
-            subprocess.Popen(
-                [sys.executable, "-m", "mailmerge", "resume", str(path)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(2)
-        ]
-        for process in workers:
-            _out, err = process.communicate(timeout=120)
-            assert process.returncode == 0, err
+        resume_in_parallel(path, 2)
         _assert_exactly_once(sandbox, path, count)
+        env = {**os.environ, "MM_TEST_SECRET": SECRET}
         status = subprocess.run(
             [sys.executable, "-m", "mailmerge", "status", "--json", str(path)],
             env=env,

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import random
 import time
 from collections import defaultdict
 from pathlib import Path
 
 from mailmerge import sandbox as emulator
-from mailmerge.auth import token_source
 from mailmerge.campaign import load_campaign
 from mailmerge.clock import ScaledClock
-from mailmerge.runner import import_recipients, open_store, send
-from mailmerge.send.transport import AiohttpTransport
 from mailmerge.store import Status
 from tests.conftest import point_at
-from tests.test_exactly_once import CLIENT_ID, SECRET, TENANT, _rows
+from tests.test_exactly_once import CLIENT_ID, SECRET, TENANT, _rows, send_through
 
 FACTOR = 60.0
 PER_MINUTE = 30
@@ -47,19 +42,8 @@ def test_pool_runs_each_mailbox_at_its_rate_without_a_429_storm(make_campaign, t
             limits=f"messages_per_minute = {PER_MINUTE}",
         )
         point_at(path, sandbox)
-        campaign = load_campaign(path)
-        with open_store(campaign, clock=ScaledClock(FACTOR, start=start)) as store:
-            import_recipients(campaign, store)
-            summary = asyncio.run(
-                send(
-                    campaign,
-                    store,
-                    transport=AiohttpTransport(ca_file=sandbox.ca_file),
-                    tokens=token_source(campaign, secret=SECRET),
-                    rng=random.Random(5),
-                )
-            )
-        assert summary.counts[Status.SENT] == per_mailbox * len(MAILBOXES)
+        counts = send_through(sandbox, load_campaign(path), clock=ScaledClock(FACTOR, start=start))
+        assert counts[Status.SENT] == per_mailbox * len(MAILBOXES)
         accepted: dict[str, list[float]] = defaultdict(list)
         for message in sandbox.delivered():
             accepted[message.mailbox].append(message.accepted_at)

@@ -267,6 +267,42 @@ class Store(Reporting):
         self, campaign_id: int, mailbox: str, limit: int, *, worker: str, lease_seconds: float
     ) -> list[ClaimedRecipient]:
         """Lease up to ``limit`` due pending recipients to ``worker`` for sending from ``mailbox``."""
+        return self._lease(
+            _CLAIM,
+            campaign_id,
+            mailbox,
+            limit,
+            worker=worker,
+            lease_seconds=lease_seconds,
+            moves=(Status.PENDING, Status.SENDING),
+        )
+
+    def claim_unknown(
+        self, campaign_id: int, mailbox: str, limit: int, *, worker: str, lease_seconds: float
+    ) -> list[ClaimedRecipient]:
+        """Lease unknown-outcome recipients of ``mailbox`` whose next check is due, for reconciliation."""
+        return self._lease(
+            _CLAIM_UNKNOWN,
+            campaign_id,
+            mailbox,
+            limit,
+            worker=worker,
+            lease_seconds=lease_seconds,
+            moves=None,
+        )
+
+    def _lease(
+        self,
+        statement: Any,
+        campaign_id: int,
+        mailbox: str,
+        limit: int,
+        *,
+        worker: str,
+        lease_seconds: float,
+        moves: tuple[Status, Status] | None,
+    ) -> list[ClaimedRecipient]:
+        """Run a lease statement in one transaction, with an event per row when it ``moves`` a status."""
         now = self.clock.time()
         values = {
             "cid": campaign_id,
@@ -277,8 +313,8 @@ class Store(Reporting):
             "lease_until": now + lease_seconds,
         }
         with self.engine.begin() as conn:
-            claimed = [ClaimedRecipient.from_row(r, mailbox) for r in conn.execute(_CLAIM, values)]
-            if claimed:
+            leased = [ClaimedRecipient.from_row(r, mailbox) for r in conn.execute(statement, values)]
+            if leased and moves is not None:
                 conn.execute(
                     _INSERT_EVENT,
                     [
@@ -286,34 +322,17 @@ class Store(Reporting):
                             "campaign_id": campaign_id,
                             "recipient_id": c.id,
                             "at": now,
-                            "from_status": Status.PENDING.value,
-                            "to_status": Status.SENDING.value,
+                            "from_status": moves[0].value,
+                            "to_status": moves[1].value,
                             "code": None,
                             "detail": mailbox,
                             "worker": worker,
                         }
-                        for c in claimed
+                        for c in leased
                     ],
                 )
-        claimed.sort(key=lambda c: c.id)
-        return claimed
-
-    def claim_unknown(
-        self, campaign_id: int, mailbox: str, limit: int, *, worker: str, lease_seconds: float
-    ) -> list[ClaimedRecipient]:
-        """Lease unknown-outcome recipients of ``mailbox`` whose next check is due, for reconciliation."""
-        now = self.clock.time()
-        values = {
-            "cid": campaign_id,
-            "now": now,
-            "limit": limit,
-            "sender": mailbox,
-            "owner": worker,
-            "lease_until": now + lease_seconds,
-        }
-        with self.engine.begin() as conn:
-            rows = list(conn.execute(_CLAIM_UNKNOWN, values))
-        return [ClaimedRecipient.from_row(r, mailbox) for r in sorted(rows, key=lambda r: r.id)]
+        leased.sort(key=lambda c: c.id)
+        return leased
 
     def release_stale_leases(self, campaign_id: int) -> int:
         """Turn ``sending`` rows whose worker is gone into ``unknown``: they may have been delivered."""
