@@ -40,18 +40,9 @@ def client_secret(campaign: Campaign) -> str:
     auth = campaign.settings.auth
     if auth.client_secret_file:
         path = campaign.resolve(auth.client_secret_file)
-        try:
+        if path.exists():
             _owner_only(path, "client secret file", "client_secret_file")
-            secret = path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError as exc:
-            raise ConfigError(
-                f"the client secret file {path} does not exist", context="[auth] client_secret_file"
-            ) from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                f"cannot read the client secret file {path} ({exc.__class__.__name__})",
-                context="[auth] client_secret_file",
-            ) from exc
+        secret = _read(path, "client secret file", "client_secret_file", encoding="utf-8").strip()
         if not secret:
             raise ConfigError(f"the client secret file {path} is empty", context="[auth] client_secret_file")
         return secret
@@ -91,17 +82,7 @@ def load_certificate(campaign: Campaign) -> Certificate:
     auth = campaign.settings.auth
     assert auth.certificate is not None
     path = campaign.resolve(auth.certificate)
-    try:
-        text = path.read_text(encoding="ascii")
-    except FileNotFoundError as exc:
-        raise ConfigError(
-            f"the certificate file {path} does not exist", context="[auth] certificate"
-        ) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"cannot read the certificate file {path} ({exc.__class__.__name__})",
-            context="[auth] certificate",
-        ) from exc
+    text = _read(path, "certificate file", "certificate", encoding="ascii")
     blocks = {m.group(1): m.group(0) for m in _PEM_BLOCK.finditer(text)}
     key_pem = next((pem for name, pem in blocks.items() if name.endswith("PRIVATE KEY")), None)
     if key_pem is None:
@@ -176,3 +157,21 @@ def credential_description(campaign: Campaign) -> str:
     if auth.client_secret_file:
         return f"app-only: client secret in {campaign.resolve(auth.client_secret_file)}"
     return f"app-only: client secret in ${auth.client_secret_env}"
+
+
+def _read(path: Path, what: str, key: str, *, encoding: str) -> str:
+    """A credential file's text, or a :class:`ConfigError` naming the file and the key."""
+    try:
+        return path.read_text(encoding=encoding)
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"the {what} {path} does not exist",
+            context=f"[auth] {key}",
+            hint="the path is relative to the campaign file",
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read the {what} {path} ({exc.__class__.__name__})",
+            context=f"[auth] {key}",
+            hint=f"make the file readable by this user ({encoding} text)",
+        ) from exc
