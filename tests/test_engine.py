@@ -283,3 +283,31 @@ def test_daily_recipient_cap_pauses_the_mailbox_until_the_window_allows_more(mak
     assert sorted(Counter(int(d) for d in days).values()) == [5, 10, 10]
     # never more than 10 recipients in any rolling 24 hours
     assert all(sum(1 for u in sent_at if t <= u < t + 86_400) <= 10 for t in sent_at)
+
+
+def test_no_resend_before_a_live_sender_would_have_given_up(make_campaign) -> None:
+    """A lost answer is not called missing before the request timeout, whatever the grace setting."""
+    attempts: list[float] = []
+    clock = ManualClock()
+
+    def rule(mailbox: str, item: dict):
+        if "person1@" in json.dumps(item):
+            attempts.append(clock.time())
+            return (504, {}, None, False) if len(attempts) == 1 else None
+        return None
+
+    campaign = load_campaign(make_campaign())
+    store = Store(campaign.database_url, clock=clock)
+    import_recipients(campaign, store)
+    settings = SendSettings(
+        **{
+            **send_settings(campaign).__dict__,
+            "reconcile_after": 1,
+            "reconcile_grace": 1,
+            "request_timeout": 30,
+        }
+    )
+    engine = build_engine(campaign, store, transport=FakeGraph(rule), tokens=Tokens(), settings=settings)
+    assert asyncio.run(engine.run()).counts[Status.SENT] == 5
+    assert len(attempts) == 2
+    assert attempts[1] - attempts[0] >= 30

@@ -163,7 +163,7 @@ def test_killed_runs_resume_to_exactly_once(make_campaign, tmp_path: Path) -> No
         path = make_campaign(
             _rows(count), mailboxes=MAILBOXES, limits="messages_per_minute = 'unlimited'\n" + FAST_RECONCILE
         )
-        point_at(path, sandbox)
+        point_at(path, sandbox, request_timeout=3.0)
         env = {**os.environ, "MM_TEST_SECRET": SECRET, "COLUMNS": "120"}
         rng = random.Random(2024)
         kills = 0
@@ -180,7 +180,7 @@ def test_killed_runs_resume_to_exactly_once(make_campaign, tmp_path: Path) -> No
             while (
                 len(sandbox.delivered()) < target and process.poll() is None and time.monotonic() < deadline
             ):
-                time.sleep(0.002)
+                time.sleep(0.02)
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
                 kills += 1

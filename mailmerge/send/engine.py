@@ -164,6 +164,9 @@ class Engine:
         self._next_reconcile = dict.fromkeys(mailboxes, 0.0)
         self._wake = {m: asyncio.Event() for m in mailboxes}
         self._senders = {m: mailbox_path(m, delegated=tokens.delegated) for m in mailboxes}
+        # A request whose sender died can still be running at Graph; never call a message missing from
+        # Sent Items before a live sender would itself have given up waiting for its answer.
+        self._grace = max(settings.reconcile_grace, settings.request_timeout)
         self._force_refresh = False
         self._fatal: Exception | None = None
         self._batch_counter = 0
@@ -579,7 +582,7 @@ class Engine:
                 return Outcome(
                     rid, Status.SENT, "FoundInSentItems", "confirmed in Sent Items", sent_at=attempted_at
                 )
-            if now - attempted_at >= self.settings.reconcile_grace:
+            if now - attempted_at >= self._grace:
                 if self.policy.exhausted(recipient.attempts):
                     return Outcome(
                         rid,
@@ -590,7 +593,7 @@ class Engine:
                 return Outcome(
                     rid, Status.PENDING, "NotInSentItems", "not found in Sent Items; sending again"
                 )
-            check_at = min(attempted_at + self.settings.reconcile_grace, now + self.settings.reconcile_after)
+            check_at = min(attempted_at + self._grace, now + self.settings.reconcile_after)
             return Outcome(
                 rid, Status.UNKNOWN, "AwaitingSentItems", "not in Sent Items yet", retry_at=check_at
             )
