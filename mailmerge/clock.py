@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -67,8 +66,3 @@ class ManualClock:
     async def sleep(self, seconds: float) -> None:
         self.now += max(0.0, seconds)
         await asyncio.sleep(0)
-
-
-def to_datetime(epoch: float) -> datetime:
-    """Convert epoch seconds to an aware UTC datetime, the form stored and reported."""
-    return datetime.fromtimestamp(epoch, tz=UTC)

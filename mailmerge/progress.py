@@ -45,7 +45,7 @@ class ProgressView:
 
     def renderable(self) -> Group:
         table = Table(title="mailmerge", expand=False)
-        for column in ("mailbox", "sent", "failed", "retrying", "unknown", "in flight", "state"):
+        for column in ("mailbox", "sent", "failed", "retrying", "unknown", "429s", "in flight", "state"):
             table.add_column(column, justify="left" if column in {"mailbox", "state"} else "right")
         now = self.clock.time()
         for mailbox, m in self.stats.mailboxes.items():
@@ -57,9 +57,8 @@ class ProgressView:
                 )
             else:
                 state = Text("sending" if m.in_flight else "idle", style="green" if m.in_flight else "dim")
-            table.add_row(
-                mailbox, str(m.sent), str(m.failed), str(m.retried), str(m.unknown), str(m.in_flight), state
-            )
+            counters = (m.sent, m.failed, m.retried, m.unknown, m.throttled, m.in_flight)
+            table.add_row(mailbox, *(str(n) for n in counters), state)
         per_minute, eta = self._rate_and_eta()
         done = self.stats.sent + self.stats.failed
         line = Text(f"{done}/{self.to_send} settled · {per_minute:.0f} msg/min · ETA {eta}")

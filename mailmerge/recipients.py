@@ -15,7 +15,6 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -338,8 +337,3 @@ def _letters(index: int) -> str:
         index, remainder = divmod(index - 1, 26)
         letters = chr(65 + remainder) + letters
     return letters
-
-
-def source_path(campaign: Campaign) -> Path:
-    """Where the campaign's recipient list lives."""
-    return campaign.resolve(campaign.settings.recipients.source)

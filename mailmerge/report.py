@@ -94,12 +94,6 @@ def report_records(
         yield row
 
 
-def report_rows(store: Store, campaign_id: int) -> Iterator[dict[str, Any]]:
-    """Report rows in spreadsheet order, with times as ISO 8601 UTC."""
-    for record in report_records(store, campaign_id):
-        yield {column: iso(value) if column in TIME_COLUMNS else value for column, value in record.items()}
-
-
 def flat_row(record: dict[str, Any], sources: list[tuple[str, str]]) -> dict[str, Any]:
     """A report record as one flat row of cells: times in ISO 8601, original columns appended."""
     row = {column: iso(record[column]) if column in TIME_COLUMNS else record[column] for column in COLUMNS}

@@ -40,7 +40,6 @@ TIME_WIDTH = 20
 SOURCE_WIDTH = 18
 HEADER_FONT = Font(bold=True, color="FFFFFF")
 HEADER_FILL = PatternFill("solid", fgColor="1F4E79")
-TIME_FORMAT = "yyyy-mm-dd hh:mm:ss"
 
 
 def _text(sheet: WriteOnlyWorksheet, value: str) -> Any:
