@@ -311,3 +311,33 @@ def test_no_resend_before_a_live_sender_would_have_given_up(make_campaign) -> No
     assert asyncio.run(engine.run()).counts[Status.SENT] == 5
     assert len(attempts) == 2
     assert attempts[1] - attempts[0] >= 30
+
+
+def test_unknowns_of_a_mailbox_that_left_the_pool_do_not_hold_the_run(make_campaign) -> None:
+    """A mailbox that is taken out leaves its unknown outcomes for a later resume; the rest finishes."""
+    seen = Counter()
+
+    def rule(mailbox: str, item: dict):
+        if mailbox != "bad@contoso.example":
+            return None
+        seen["bad"] += 1
+        if seen["bad"] == 1:
+            return (504, {}, None, True)
+        return (403, {}, {"error": {"code": "ErrorAccessDenied", "message": "Access is denied."}}, False)
+
+    rows = [
+        {"email": f"p{i}@fabrikam.example", "name": "n", "first_name": "f", "city": "c"} for i in range(30)
+    ]
+    path = make_campaign(rows, mailboxes=("bad@contoso.example", "good@contoso.example"))
+    campaign = load_campaign(path)
+    store = Store(campaign.database_url, clock=ManualClock())
+    import_recipients(campaign, store)
+    engine = build_engine(campaign, store, transport=FakeGraph(rule), tokens=Tokens(), rng=random.Random(1))
+
+    async def bounded() -> dict:
+        return (await asyncio.wait_for(engine.run(), timeout=20)).counts
+
+    counts = asyncio.run(bounded())
+    assert counts[Status.UNKNOWN] == 1
+    assert counts[Status.SENT] == 29
+    assert engine.stopped == {"bad@contoso.example": "ErrorAccessDenied: Access is denied."}

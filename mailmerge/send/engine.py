@@ -266,13 +266,19 @@ class Engine:
         return True
 
     async def _finished(self, in_flight: set[asyncio.Task[None]]) -> bool:
-        """True when nothing this mailbox could do is left (in flight, pending or waiting)."""
+        """True when nothing is left that this run could do: nothing in flight, nothing pending, and
+        no unknown outcome that a mailbox still in the pool can look up."""
         if in_flight:
             return False
-        waiting = [Status.SENDING, Status.PENDING]
-        if self.settings.save_to_sent_items:
-            waiting.append(Status.UNKNOWN)
-        return not self.store.any_in(self.campaign_id, waiting)
+        if self.store.any_in(self.campaign_id, [Status.SENDING]):
+            # Rows leased by a worker that died meanwhile would otherwise be waited on forever.
+            self.store.release_stale_leases(self.campaign_id)
+        if self.store.any_in(self.campaign_id, [Status.SENDING, Status.PENDING]):
+            return False
+        return not (
+            self.settings.save_to_sent_items
+            and self.store.any_in(self.campaign_id, [Status.UNKNOWN], mailboxes=self.active)
+        )
 
     async def _sleep(self, mailbox: str, seconds: float) -> None:
         """Wait on the injected clock, waking early when a batch of ``mailbox`` ends or a stop is asked."""

@@ -516,16 +516,19 @@ class Store(Reporting):
             found = {Status(status): count for status, count in rows}
         return {status: found.get(status, 0) for status in Status}
 
-    def any_in(self, campaign_id: int, statuses: Iterable[Status]) -> bool:
-        """Whether any recipient of the campaign stands in one of ``statuses`` (an index probe)."""
+    def any_in(
+        self, campaign_id: int, statuses: Iterable[Status], *, mailboxes: Sequence[str] | None = None
+    ) -> bool:
+        """Whether any recipient of the campaign stands in one of ``statuses`` (an index probe),
+        optionally only among those last attempted from ``mailboxes``."""
         with self.engine.connect() as conn:
             for status in statuses:
-                probe = (
-                    select(recipients.c.id)
-                    .where(recipients.c.campaign_id == campaign_id, recipients.c.status == status.value)
-                    .limit(1)
+                probe = select(recipients.c.id).where(
+                    recipients.c.campaign_id == campaign_id, recipients.c.status == status.value
                 )
-                if conn.execute(probe).first() is not None:
+                if mailboxes is not None:
+                    probe = probe.where(recipients.c.mailbox.in_(list(mailboxes)))
+                if conn.execute(probe.limit(1)).first() is not None:
                     return True
         return False
 
