@@ -138,3 +138,28 @@ def test_retry_failed_and_assume(store: Store) -> None:
     counts = store.counts(cid)
     assert counts == {**counts, Status.PENDING: 1, Status.FAILED: 1, Status.SENT: 1}
     assert store.events_for(c.id)[-1]["code"] == "UserDecision"
+
+
+def test_a_fixed_invalid_row_is_revived_not_duplicated(store: Store) -> None:
+    from mailmerge.store import NewRecipient
+
+    cid = store.campaign_id("c")
+    broken = Recipient(
+        row=3, key="\x1e3", email="not-an-address", name=None, fields={"email": "not-an-address"}
+    )
+    store.import_recipients(cid, [*_people(1), NewRecipient(broken, Status.INVALID, "not a valid address")])
+    assert store.counts(cid)[Status.INVALID] == 1
+    fixed = Recipient(
+        row=3, key="fixed@x.example", email="fixed@x.example", name=None, fields={"email": "fixed@x.example"}
+    )
+    assert store.import_recipients(cid, [*_people(1), fixed]) == 1
+    counts = store.counts(cid)
+    assert counts[Status.INVALID] == 0
+    assert counts[Status.PENDING] == 2
+    assert sum(counts.values()) == 2
+    revived = next(r for r in store.iter_report(cid) if r["row"] == 3)
+    assert revived["email"] == "fixed@x.example" and revived["error_code"] is None
+    assert [(e["from_status"], e["to_status"], e["code"]) for e in store.events_for(revived["id"])] == [
+        ("invalid", "pending", "Revived")
+    ]
+    assert store.import_recipients(cid, [*_people(1), fixed]) == 0  # idempotent

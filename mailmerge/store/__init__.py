@@ -250,10 +250,64 @@ class Store(Reporting):
         statement = self._insert(recipients)
         if hasattr(statement, "on_conflict_do_nothing"):
             statement = statement.on_conflict_do_nothing(index_elements=["campaign_id", "key"])
+        valid = [e.recipient for e in entries if e.status is Status.PENDING]
         with self.engine.begin() as conn:
+            revived = self._revive(conn, campaign_id, valid, now) if valid else 0
             before = self._count(conn, campaign_id)
             conn.execute(statement, rows)
-            return self._count(conn, campaign_id) - before
+            return revived + self._count(conn, campaign_id) - before
+
+    @staticmethod
+    def _revive(conn: Any, campaign_id: int, valid: Sequence[Recipient], now: float) -> int:
+        """Turn rows recorded ``invalid`` by an earlier run (``--skip-invalid``) back to pending when
+        the same spreadsheet row now passes, so a fixed row is sent and reported once, not twice."""
+        by_row = {r.row: r for r in valid}
+        invalid = conn.execute(
+            select(recipients.c.id, recipients.c.row).where(
+                recipients.c.campaign_id == campaign_id,
+                recipients.c.status == Status.INVALID.value,
+                recipients.c.row.in_(list(by_row)),
+            )
+        ).all()
+        revived = 0
+        for record in invalid:
+            fixed = by_row[record.row]
+            taken = conn.execute(
+                select(recipients.c.id).where(
+                    recipients.c.campaign_id == campaign_id, recipients.c.key == fixed.key
+                )
+            ).first()
+            if taken is not None:  # another row already holds the key: this one stays as it was
+                continue
+            conn.execute(
+                update(recipients)
+                .where(recipients.c.id == record.id, recipients.c.status == Status.INVALID.value)
+                .values(
+                    key=fixed.key,
+                    email=fixed.email,
+                    name=fixed.name,
+                    fields=json.dumps(fixed.fields, ensure_ascii=False),
+                    status=Status.PENDING.value,
+                    error_code=None,
+                    error_message=None,
+                    updated_at=now,
+                )
+            )
+            conn.execute(
+                _INSERT_EVENT,
+                {
+                    "campaign_id": campaign_id,
+                    "recipient_id": record.id,
+                    "at": now,
+                    "from_status": Status.INVALID.value,
+                    "to_status": Status.PENDING.value,
+                    "code": "Revived",
+                    "detail": "the row passes pre-flight now",
+                    "worker": None,
+                },
+            )
+            revived += 1
+        return revived
 
     @staticmethod
     def _count(conn: Any, campaign_id: int) -> int:
