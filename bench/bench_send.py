@@ -26,6 +26,8 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -145,36 +147,39 @@ def _env(folder: Path) -> dict[str, str]:
     return {**os.environ, "BENCH_SECRET": SECRET, "MAILMERGE_TOKEN_CACHE_DIR": str(folder / "tokens")}
 
 
-def bench_throughput(recipients: int) -> None:
+@contextmanager
+def unlimited_campaign(recipients: int) -> Iterator[tuple[Emulator, Path, Path]]:
+    """One mailbox with no limits, the emulator running, and a campaign of ``recipients`` rows."""
     mailboxes = ["sender@bench.example"]
     emulator = Emulator(mailboxes)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            path = write_campaign(
-                folder,
-                emulator,
-                recipients,
-                mailboxes,
-                "messages_per_minute = 'unlimited'\ndaily_recipients = 'unlimited'",
-            )
-            started = time.perf_counter()
-            result = subprocess.run(
-                [sys.executable, "-c", RSS_WRAPPER, "run", str(path)],
-                env=_env(folder),
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            wall = time.perf_counter() - started
-            if result.returncode != 0:
-                raise SystemExit(result.stdout + result.stderr)
-            peak_kb = int(result.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
-            with sqlite3.connect(folder / "bench.db") as db:
-                first, last, sent = db.execute(
-                    "select min(first_attempt_at), max(sent_at), count(*) from recipients where status='sent'"
-                ).fetchone()
-            delivered = emulator.ask("count")
+            limits = "messages_per_minute = 'unlimited'\ndaily_recipients = 'unlimited'"
+            yield emulator, folder, write_campaign(folder, emulator, recipients, mailboxes, limits)
+    finally:
+        emulator.stop()
+
+
+def bench_throughput(recipients: int) -> None:
+    with unlimited_campaign(recipients) as (emulator, folder, path):
+        started = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, "-c", RSS_WRAPPER, "run", str(path)],
+            env=_env(folder),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        wall = time.perf_counter() - started
+        if result.returncode != 0:
+            raise SystemExit(result.stdout + result.stderr)
+        peak_kb = int(result.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
+        with sqlite3.connect(folder / "bench.db") as db:
+            first, last, sent = db.execute(
+                "select min(first_attempt_at), max(sent_at), count(*) from recipients where status='sent'"
+            ).fetchone()
+        delivered = emulator.ask("count")
         print(
             f"throughput: {sent} sent ({delivered} accepted by the emulator) in {wall:.1f} s wall "
             f"(incl. start-up, pre-flight and import)"
@@ -183,8 +188,6 @@ def bench_throughput(recipients: int) -> None:
             f"throughput: send phase {sent / (last - first):,.0f} messages/s; "
             f"client peak RSS {peak_kb / 1024:.0f} MB"
         )
-    finally:
-        emulator.stop()
 
 
 def bench_pool(minutes: float = 6.0, factor: float = 60.0) -> None:
@@ -236,51 +239,38 @@ def bench_pool(minutes: float = 6.0, factor: float = 60.0) -> None:
 
 
 def bench_resume(recipients: int) -> None:
-    mailboxes = ["sender@bench.example"]
-    emulator = Emulator(mailboxes)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            path = write_campaign(
-                folder,
-                emulator,
-                recipients,
-                mailboxes,
-                "messages_per_minute = 'unlimited'\ndaily_recipients = 'unlimited'",
-            )
-            env = _env(folder)
-            process = subprocess.Popen(
-                [sys.executable, "-m", "mailmerge", "run", str(path)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            while emulator.ask("count") < recipients // 2 and process.poll() is None:
-                time.sleep(0.01)
-            process.kill()
-            process.wait()
-            before = emulator.ask("count")
-            started = time.perf_counter()
-            resumed = subprocess.Popen(
-                [sys.executable, "-m", "mailmerge", "resume", str(path)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            while emulator.ask("count") == before:
-                time.sleep(0.002)
-            first_new = time.perf_counter() - started
-            resumed.wait()
-            with sqlite3.connect(folder / "bench.db") as db:
-                sent = db.execute("select count(*) from recipients where status='sent'").fetchone()[0]
-            delivered = emulator.ask("count")
+    with unlimited_campaign(recipients) as (emulator, folder, path):
+        env = _env(folder)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mailmerge", "run", str(path)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        while emulator.ask("count") < recipients // 2 and process.poll() is None:
+            time.sleep(0.01)
+        process.kill()
+        process.wait()
+        before = emulator.ask("count")
+        started = time.perf_counter()
+        resumed = subprocess.Popen(
+            [sys.executable, "-m", "mailmerge", "resume", str(path)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        while emulator.ask("count") == before:
+            time.sleep(0.002)
+        first_new = time.perf_counter() - started
+        resumed.wait()
+        with sqlite3.connect(folder / "bench.db") as db:
+            sent = db.execute("select count(*) from recipients where status='sent'").fetchone()[0]
+        delivered = emulator.ask("count")
         print(
             f"resume: killed at {before} of {recipients} accepted; first new send {first_new:.2f} s after "
             f"`mailmerge resume` started; finished with {sent} sent, {delivered} accepted "
             f"({'exactly once' if delivered == sent == recipients else 'MISMATCH'})"
         )
-    finally:
-        emulator.stop()
 
 
 def main() -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from mailmerge import tokencache
+
 CAMPAIGN_TEMPLATE = """
 [campaign]
 name = "{name}"
@@ -94,9 +96,17 @@ def make_campaign(tmp_path: Path) -> MakeCampaign:
 
 
 @pytest.fixture(autouse=True)
-def private_token_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test keeps its msal token cache to itself, never the user's ~/.cache."""
-    monkeypatch.setenv("MAILMERGE_TOKEN_CACHE_DIR", str(tmp_path_factory.mktemp("tokens")))
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test keeps its msal token cache to itself, as a plain file in a folder of its own:
+    never the user's ~/.cache, never this machine's keyring."""
+    folder = tmp_path / "token-cache"
+    monkeypatch.setenv("MAILMERGE_TOKEN_CACHE_DIR", str(folder))
+
+    def no_keyring(path: Path) -> object:
+        raise ImportError("no keyring in tests")
+
+    monkeypatch.setattr(tokencache, "_encrypted_persistence", no_keyring)
+    return folder
 
 
 def point_at(campaign_file: Path, sandbox: object, **graph: object) -> None:

@@ -18,25 +18,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from mailmerge import auth, cli, tokencache
+from mailmerge import auth, cli
 from mailmerge.cli import main
 from mailmerge.errors import ExitCode
 from mailmerge.sandbox import Profile, Sandbox
 from tests.auth_support import MAILBOX, TENANT, RecordingSession, recording_session, write_campaign
 
 SECRET = "Cl13nt~S3cret.value_for-the-scan"
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "token-cache"
-    monkeypatch.setenv("MAILMERGE_TOKEN_CACHE_DIR", str(folder))
-
-    def no_keyring(path: Path) -> Any:
-        raise ImportError("no keyring in tests")
-
-    monkeypatch.setattr(tokencache, "_encrypted_persistence", no_keyring)
-    return folder
 
 
 @pytest.fixture

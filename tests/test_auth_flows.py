@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from mailmerge import auth, signin, tokencache
+from mailmerge import auth, signin
 from mailmerge.auth import AppTokens, UserTokens, token_source
 from mailmerge.campaign import Campaign, load_campaign
 from mailmerge.errors import AuthError, ExitCode
@@ -36,19 +36,6 @@ from tests.auth_support import (
 )
 
 SECRET = "s3cret-Value~for.tests"
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Tokens go to a temporary folder, as a plain file (never this machine's keyring)."""
-    folder = tmp_path / "token-cache"
-    monkeypatch.setenv("MAILMERGE_TOKEN_CACHE_DIR", str(folder))
-
-    def no_keyring(path: Path) -> Any:
-        raise ImportError("no keyring in tests")
-
-    monkeypatch.setattr(tokencache, "_encrypted_persistence", no_keyring)
-    return folder
 
 
 @pytest.fixture

@@ -253,9 +253,14 @@ class Store(Reporting):
         valid = [e.recipient for e in entries if e.status is Status.PENDING]
         with self.engine.begin() as conn:
             revived = self._revive(conn, campaign_id, valid, now) if valid else 0
-            before = self._count(conn, campaign_id)
+            keys = list({row["key"] for row in rows})
+            known = conn.execute(
+                select(func.count())
+                .select_from(recipients)
+                .where(recipients.c.campaign_id == campaign_id, recipients.c.key.in_(keys))
+            ).scalar_one()
             conn.execute(statement, rows)
-            return revived + self._count(conn, campaign_id) - before
+            return revived + len(keys) - known
 
     @staticmethod
     def _revive(conn: Any, campaign_id: int, valid: Sequence[Recipient], now: float) -> int:
@@ -308,12 +313,6 @@ class Store(Reporting):
             )
             revived += 1
         return revived
-
-    @staticmethod
-    def _count(conn: Any, campaign_id: int) -> int:
-        return conn.execute(
-            select(func.count()).select_from(recipients).where(recipients.c.campaign_id == campaign_id)
-        ).scalar_one()
 
     # -- claiming work ----------------------------------------------------------------------------
 
